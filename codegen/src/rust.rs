@@ -23,6 +23,7 @@ pub fn generate(p: &Protocol, out_dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Descriptor(e.to_string()))?;
     let mut cfg = prost_build::Config::new();
     cfg.compile_well_known_types();
+    cfg.extern_path(".google.protobuf.Timestamp", "crate::wkt::Timestamp");
     cfg.extern_path(".google.protobuf", "::pbjson_types");
     tonic_prost_build::configure()
         .out_dir(out_dir)

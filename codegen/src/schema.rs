@@ -25,8 +25,8 @@ pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
 
 /// Base64 (standard alphabet or URL-safe alphabet, padding optional, canonical trailing bits).
 pub const BASE64_PATTERN: &str = concat!(
-    "^(?:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}[AQgw](?:==)?|[A-Za-z0-9+/][AEIMQUYcgkosw048]=?)?",
-    "|(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2}[AQgw](?:==)?|[A-Za-z0-9_-][AEIMQUYcgkosw048]=?)?)$"
+    "^(?:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?",
+    "|(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-][AQgw](?:==)?|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048]=?)?)$"
 );
 
 /// A float written as a string.

@@ -38,12 +38,46 @@ pub fn to_json<T: Serialize>(msg: &T) -> String {
 }
 
 /// Parses canonical (or any proto3-accepted) JSON into a message.
+///
+/// Numbers with a zero fraction (`1.0`, `1e2`) count as integers, as in JSON
+/// Schema's data model and the proto3 JSON spec (decision 0004); the text is
+/// read into a [`serde_json::Value`] first, so a repeated key keeps its last
+/// value, as a schema validator sees it.
 pub fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
-    serde_json::from_str(text)
+    let mut value: serde_json::Value = serde_json::from_str(text)?;
+    normalize_numbers(&mut value);
+    T::deserialize(value)
+}
+
+/// Parses a JSON value into a message (see [`from_json`]).
+pub fn from_json_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, serde_json::Error> {
+    normalize_numbers(&mut value);
+    T::deserialize(value)
+}
+
+/// Rewrites floats with a zero fraction that fit a 64-bit integer as integers.
+pub fn normalize_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 {
+                    if f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0 {
+                        *v = Value::from(f as i64);
+                    } else if f >= 0.0 && f < 18_446_744_073_709_551_616.0 {
+                        *v = Value::from(f as u64);
+                    }
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize_numbers),
+        Value::Object(m) => m.values_mut().for_each(normalize_numbers),
+        _ => {}
+    }
 }
 
 pub(crate) fn json_to_proto<T: Message + DeserializeOwned>(json: &str) -> Result<Vec<u8>, serde_json::Error> {
-    let msg: T = serde_json::from_str(json)?;
+    let msg: T = from_json(json)?;
     Ok(msg.encode_to_vec())
 }
 

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod json;
+pub mod wkt;
 pub mod registry;
 pub mod validate;
 
