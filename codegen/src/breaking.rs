@@ -49,18 +49,28 @@ fn cardinality(f: &FieldDescriptor) -> &'static str {
 }
 
 fn oneof_of(f: &FieldDescriptor) -> Option<String> {
-    f.containing_oneof().filter(|o| !o.is_synthetic()).map(|o| o.name().to_owned())
+    f.containing_oneof()
+        .filter(|o| !o.is_synthetic())
+        .map(|o| o.name().to_owned())
 }
 
 /// Lists every breaking change from `old` to `new`; empty means compatible.
 pub fn breaking(old: &Protocol, new: &Protocol) -> Vec<Change> {
     let mut out = Vec::new();
     let mut push = |rule: &'static str, element: String, message: String| {
-        out.push(Change { rule, element, message });
+        out.push(Change {
+            rule,
+            element,
+            message,
+        });
     };
     for om in old.messages() {
         let Some(nm) = new.pool().get_message_by_name(om.full_name()) else {
-            push("MESSAGE_REMOVED", om.full_name().to_owned(), "message removed".into());
+            push(
+                "MESSAGE_REMOVED",
+                om.full_name().to_owned(),
+                "message removed".into(),
+            );
             continue;
         };
         for of in om.fields() {
@@ -68,42 +78,90 @@ pub fn breaking(old: &Protocol, new: &Protocol) -> Vec<Change> {
             match nm.get_field(of.number()) {
                 None => {
                     if let Some(moved) = nm.get_field_by_name(of.name()) {
-                        push("FIELD_RENUMBERED", el, format!("field number {} -> {}", of.number(), moved.number()));
+                        push(
+                            "FIELD_RENUMBERED",
+                            el,
+                            format!("field number {} -> {}", of.number(), moved.number()),
+                        );
                     } else {
-                        push("FIELD_REMOVED", el, format!("field {} removed", of.number()));
+                        push(
+                            "FIELD_REMOVED",
+                            el,
+                            format!("field {} removed", of.number()),
+                        );
                     }
                 }
                 Some(nf) => {
                     if kind_id(&of.kind()) != kind_id(&nf.kind()) {
-                        push("FIELD_TYPE_CHANGED", el.clone(), format!("type {} -> {}", kind_id(&of.kind()), kind_id(&nf.kind())));
+                        push(
+                            "FIELD_TYPE_CHANGED",
+                            el.clone(),
+                            format!("type {} -> {}", kind_id(&of.kind()), kind_id(&nf.kind())),
+                        );
                     }
                     if cardinality(&of) != cardinality(&nf) {
-                        push("FIELD_CARDINALITY_CHANGED", el.clone(), format!("{} -> {}", cardinality(&of), cardinality(&nf)));
+                        push(
+                            "FIELD_CARDINALITY_CHANGED",
+                            el.clone(),
+                            format!("{} -> {}", cardinality(&of), cardinality(&nf)),
+                        );
                     }
                     if of.json_name() != nf.json_name() {
-                        push("FIELD_JSON_NAME_CHANGED", el.clone(), format!("json name `{}` -> `{}`", of.json_name(), nf.json_name()));
+                        push(
+                            "FIELD_JSON_NAME_CHANGED",
+                            el.clone(),
+                            format!("json name `{}` -> `{}`", of.json_name(), nf.json_name()),
+                        );
                     } else if of.name() != nf.name() {
-                        push("FIELD_NAME_CHANGED", el.clone(), format!("name `{}` -> `{}` (proto field names are accepted in JSON)", of.name(), nf.name()));
+                        push(
+                            "FIELD_NAME_CHANGED",
+                            el.clone(),
+                            format!(
+                                "name `{}` -> `{}` (proto field names are accepted in JSON)",
+                                of.name(),
+                                nf.name()
+                            ),
+                        );
                     }
                     if oneof_of(&of) != oneof_of(&nf) {
-                        push("FIELD_ONEOF_CHANGED", el, format!("oneof {:?} -> {:?}", oneof_of(&of), oneof_of(&nf)));
+                        push(
+                            "FIELD_ONEOF_CHANGED",
+                            el,
+                            format!("oneof {:?} -> {:?}", oneof_of(&of), oneof_of(&nf)),
+                        );
                     }
                 }
             }
         }
     }
-    for oe in old.pool().all_enums().filter(|e| e.full_name().starts_with(crate::PACKAGE_PREFIX)) {
+    for oe in old
+        .pool()
+        .all_enums()
+        .filter(|e| e.full_name().starts_with(crate::PACKAGE_PREFIX))
+    {
         let Some(ne) = new.pool().get_enum_by_name(oe.full_name()) else {
-            push("ENUM_REMOVED", oe.full_name().to_owned(), "enum removed".into());
+            push(
+                "ENUM_REMOVED",
+                oe.full_name().to_owned(),
+                "enum removed".into(),
+            );
             continue;
         };
         for ov in oe.values() {
             match ne.get_value(ov.number()) {
-                None => push("ENUM_VALUE_REMOVED", ov.full_name().to_owned(), format!("value {} removed", ov.number())),
+                None => push(
+                    "ENUM_VALUE_REMOVED",
+                    ov.full_name().to_owned(),
+                    format!("value {} removed", ov.number()),
+                ),
                 Some(nv) if nv.name() != ov.name() => push(
                     "ENUM_VALUE_RENAMED",
                     ov.full_name().to_owned(),
-                    format!("`{}` -> `{}` (enum names are the JSON form)", ov.name(), nv.name()),
+                    format!(
+                        "`{}` -> `{}` (enum names are the JSON form)",
+                        ov.name(),
+                        nv.name()
+                    ),
                 ),
                 Some(_) => {}
             }
@@ -122,13 +180,28 @@ pub fn breaking(old: &Protocol, new: &Protocol) -> Vec<Change> {
             continue;
         };
         if oc.streaming != nc.streaming {
-            push("CAPABILITY_STREAMING_CHANGED", el.clone(), format!("{} -> {}", oc.streaming, nc.streaming));
+            push(
+                "CAPABILITY_STREAMING_CHANGED",
+                el.clone(),
+                format!("{} -> {}", oc.streaming, nc.streaming),
+            );
         }
         if oc.request != nc.request || oc.response != nc.response {
-            push("CAPABILITY_TYPES_CHANGED", el.clone(), format!("{} / {} -> {} / {}", oc.request, oc.response, nc.request, nc.response));
+            push(
+                "CAPABILITY_TYPES_CHANGED",
+                el.clone(),
+                format!(
+                    "{} / {} -> {} / {}",
+                    oc.request, oc.response, nc.request, nc.response
+                ),
+            );
         }
         if minor(&nc.version) < minor(&oc.version) {
-            push("CAPABILITY_VERSION_LOWERED", el, format!("version -> {}", nc.version));
+            push(
+                "CAPABILITY_VERSION_LOWERED",
+                el,
+                format!("version -> {}", nc.version),
+            );
         }
     }
     out
@@ -139,5 +212,8 @@ fn major(v: &str) -> String {
 }
 
 fn minor(v: &str) -> u32 {
-    v.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0)
+    v.split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }

@@ -17,7 +17,10 @@ pub fn reference(p: &Protocol) -> BTreeMap<String, String> {
     out.insert("errors.md".into(), errors(p));
     let mut packages: BTreeMap<String, Vec<MessageDescriptor>> = BTreeMap::new();
     for m in p.messages() {
-        packages.entry(m.package_name().to_owned()).or_default().push(m);
+        packages
+            .entry(m.package_name().to_owned())
+            .or_default()
+            .push(m);
     }
     let mut index = format!("{STAMP}# HearthNet protocol reference\n\n");
     index.push_str("- [Capabilities](capabilities.md)\n- [Events](events.md)\n- [Error codes](errors.md)\n\n## Packages\n\n");
@@ -63,7 +66,10 @@ fn link(full: &str) -> String {
     if let Some(rest) = full.strip_prefix(crate::PACKAGE_PREFIX) {
         let pkg = full.rsplit_once('.').map(|(p, _)| p).unwrap_or(full);
         let name = full.rsplit('.').next().unwrap_or(rest);
-        format!("[`{name}`](packages/{pkg}.md#{})", name.to_ascii_lowercase())
+        format!(
+            "[`{name}`](packages/{pkg}.md#{})",
+            name.to_ascii_lowercase()
+        )
     } else {
         format!("`{full}`")
     }
@@ -78,21 +84,54 @@ fn capabilities(p: &Protocol) -> String {
         let _ = writeln!(
             s,
             "| [`{}@{}`](#{}) | {} | {} | {} | {} | {} |",
-            c.name, c.version, anchor(&c.name), c.stability, c.streaming, c.min_trust,
-            link(&c.request).replace("](packages", "](packages"), link(&c.response)
+            c.name,
+            c.version,
+            anchor(&c.name),
+            c.stability,
+            c.streaming,
+            c.min_trust,
+            link(&c.request),
+            link(&c.response)
         );
     }
     for c in p.capabilities() {
         let _ = write!(s, "\n## {}\n\n{}\n\n", c.name, c.doc);
-        let _ = writeln!(s, "- Version: `{}`; stability: {}; minimum trust: {}", c.version, c.stability, c.min_trust);
-        let _ = writeln!(s, "- gRPC: `/{}/{}` ({} streaming)", c.service, c.method, c.streaming);
-        let _ = writeln!(s, "- Request: {}; response: {}", link(&c.request), link(&c.response));
-        let _ = writeln!(s, "- Idempotent: {}; timeout: {} s; max concurrent: {}", c.idempotent, c.timeout_seconds, if c.max_concurrent == 0 { "provider-defined".to_owned() } else { c.max_concurrent.to_string() });
+        let _ = writeln!(
+            s,
+            "- Version: `{}`; stability: {}; minimum trust: {}",
+            c.version, c.stability, c.min_trust
+        );
+        let _ = writeln!(
+            s,
+            "- gRPC: `/{}/{}` ({} streaming)",
+            c.service, c.method, c.streaming
+        );
+        let _ = writeln!(
+            s,
+            "- Request: {}; response: {}",
+            link(&c.request),
+            link(&c.response)
+        );
+        let _ = writeln!(
+            s,
+            "- Idempotent: {}; timeout: {} s; max concurrent: {}",
+            c.idempotent,
+            c.timeout_seconds,
+            if c.max_concurrent == 0 {
+                "provider-defined".to_owned()
+            } else {
+                c.max_concurrent.to_string()
+            }
+        );
         let _ = writeln!(s, "- Errors: {}", list(&c.errors));
         let _ = writeln!(s, "- Events: {}", list(&c.events));
         let _ = writeln!(s, "- Clauses: {}", list(&c.clauses));
         let _ = writeln!(s, "- Schema hash: `{}`", c.schema_hash);
-        let _ = writeln!(s, "- Schemas: [`{0}`](../../protocol/generated/schemas/{0}.schema.json), [`{1}`](../../protocol/generated/schemas/{1}.schema.json)", c.request, c.response);
+        let _ = writeln!(
+            s,
+            "- Schemas: [`{0}`](../../protocol/generated/schemas/{0}.schema.json), [`{1}`](../../protocol/generated/schemas/{1}.schema.json)",
+            c.request, c.response
+        );
     }
     s
 }
@@ -102,54 +141,115 @@ fn anchor(name: &str) -> String {
 }
 
 fn list(v: &[String]) -> String {
-    if v.is_empty() { "none".into() } else { v.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", ") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.iter()
+            .map(|x| format!("`{x}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn events(p: &Protocol) -> String {
-    let mut s = format!("{STAMP}# Events\n\n| Type | Topic | Payload | Local only |\n|---|---|---|---|\n");
+    let mut s =
+        format!("{STAMP}# Events\n\n| Type | Topic | Payload | Local only |\n|---|---|---|---|\n");
     for e in p.events() {
-        let _ = writeln!(s, "| `{}` | `{}` | {} | {} |", e.event_type, e.topic, link(&e.payload), e.local_only);
+        let _ = writeln!(
+            s,
+            "| `{}` | `{}` | {} | {} |",
+            e.event_type,
+            e.topic,
+            link(&e.payload),
+            e.local_only
+        );
     }
     for e in p.events() {
-        let _ = write!(s, "\n## {}\n\n{}\n\nPayload: {}\n", e.event_type, e.doc, link(&e.payload));
+        let _ = write!(
+            s,
+            "\n## {}\n\n{}\n\nPayload: {}\n",
+            e.event_type,
+            e.doc,
+            link(&e.payload)
+        );
     }
     s
 }
 
 fn errors(p: &Protocol) -> String {
-    let mut s = format!("{STAMP}# Error codes\n\nOn the JSON wire an error's `code` is the wire name below (decision 0002).\n\n| Wire name | Enum value | HTTP | Retry | Phase | Meaning |\n|---|---|---|---|---|---|\n");
+    let mut s = format!(
+        "{STAMP}# Error codes\n\nOn the JSON wire an error's `code` is the wire name below (decision 0002).\n\n| Wire name | Enum value | HTTP | Retry | Phase | Meaning |\n|---|---|---|---|---|---|\n"
+    );
     for e in p.error_codes() {
-        let _ = writeln!(s, "| `{}` | `{}` = {} | {} | {} | {} | {} |", e.wire_name, e.enum_name, e.number, e.http_status, if e.retryable { "yes" } else { "no" }, e.phase, esc(&e.doc));
+        let _ = writeln!(
+            s,
+            "| `{}` | `{}` = {} | {} | {} | {} | {} |",
+            e.wire_name,
+            e.enum_name,
+            e.number,
+            e.http_status,
+            if e.retryable { "yes" } else { "no" },
+            e.phase,
+            esc(&e.doc)
+        );
     }
     s
 }
 
 fn package(p: &Protocol, pkg: &str, msgs: &[MessageDescriptor]) -> String {
     let mut s = format!("{STAMP}# `{pkg}`\n\n");
-    let mut enums: Vec<_> = p.pool().all_enums().filter(|e| e.package_name() == pkg).collect();
+    let mut enums: Vec<_> = p
+        .pool()
+        .all_enums()
+        .filter(|e| e.package_name() == pkg)
+        .collect();
     enums.sort_by(|a, b| a.full_name().cmp(b.full_name()));
     for m in msgs {
-        let _ = write!(s, "## {}\n\n{}\n\n", m.name(), crate::comment(&m.parent_file(), m.path()));
+        let _ = write!(
+            s,
+            "## {}\n\n{}\n\n",
+            m.name(),
+            crate::comment(&m.parent_file(), m.path())
+        );
         if m.fields().len() == 0 {
             s.push_str("No fields.\n\n");
             continue;
         }
         s.push_str("| Field | JSON | Type | Description |\n|---|---|---|---|\n");
         for f in m.fields() {
-            let oneof = f.containing_oneof().filter(|o| !o.is_synthetic()).map(|o| format!(" (oneof `{}`)", o.name())).unwrap_or_default();
+            let oneof = f
+                .containing_oneof()
+                .filter(|o| !o.is_synthetic())
+                .map(|o| format!(" (oneof `{}`)", o.name()))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
                 "| `{}` = {} | `{}` | {}{} | {} |",
-                f.name(), f.number(), f.json_name(), type_name(&f).replace("packages/", ""), oneof,
+                f.name(),
+                f.number(),
+                f.json_name(),
+                type_name(&f).replace("packages/", ""),
+                oneof,
                 esc(&crate::comment(&f.parent_file(), f.path()))
             );
         }
         s.push('\n');
     }
     for e in enums {
-        let _ = write!(s, "## {}\n\n{}\n\n| Value | Number | Description |\n|---|---|---|\n", e.name(), crate::comment(&e.parent_file(), e.path()));
+        let _ = write!(
+            s,
+            "## {}\n\n{}\n\n| Value | Number | Description |\n|---|---|---|\n",
+            e.name(),
+            crate::comment(&e.parent_file(), e.path())
+        );
         for v in e.values() {
-            let _ = writeln!(s, "| `{}` | {} | {} |", v.name(), v.number(), esc(&crate::comment(&v.parent_file(), v.path())));
+            let _ = writeln!(
+                s,
+                "| `{}` | {} | {} |",
+                v.name(),
+                v.number(),
+                esc(&crate::comment(&v.parent_file(), v.path()))
+            );
         }
         s.push('\n');
     }

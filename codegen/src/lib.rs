@@ -71,7 +71,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 
@@ -99,8 +102,7 @@ impl Protocol {
                 message: "no .proto files found".into(),
             });
         }
-        let mut compiler =
-            protox::Compiler::new([root]).map_err(|e| proto_error(root, &e))?;
+        let mut compiler = protox::Compiler::new([root]).map_err(|e| proto_error(root, &e))?;
         compiler.include_imports(true).include_source_info(true);
         for f in &files {
             compiler.open_file(f).map_err(|e| proto_error(root, &e))?;
@@ -114,9 +116,11 @@ impl Protocol {
 
     /// Loads a protocol from an encoded `FileDescriptorSet` (as written by `export`).
     pub fn from_descriptor_set(bytes: &[u8]) -> Result<Self, Error> {
-        let pool =
-            DescriptorPool::decode(bytes).map_err(|e| Error::Descriptor(e.to_string()))?;
-        Ok(Protocol { pool, fds: bytes.to_vec() })
+        let pool = DescriptorPool::decode(bytes).map_err(|e| Error::Descriptor(e.to_string()))?;
+        Ok(Protocol {
+            pool,
+            fds: bytes.to_vec(),
+        })
     }
 
     /// The descriptor pool, with custom options readable.
@@ -171,7 +175,10 @@ impl Protocol {
     pub fn artefacts(&self) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
         out.insert("descriptor.binpb".to_owned(), self.fds.clone());
-        out.insert("registry.json".to_owned(), registry::registry_json(self).into_bytes());
+        out.insert(
+            "registry.json".to_owned(),
+            registry::registry_json(self).into_bytes(),
+        );
         for msg in self.messages() {
             let s = schema::root_schema(&msg, true);
             out.insert(
@@ -236,7 +243,10 @@ fn proto_error(root: &Path, e: &protox::Error) -> Error {
         (Some(f), None) => root.join(f).display().to_string(),
         _ => root.display().to_string(),
     };
-    Error::Proto { location, message: e.to_string() }
+    Error::Proto {
+        location,
+        message: e.to_string(),
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -256,7 +266,14 @@ pub(crate) fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Str
         .iter()
         .find(|l| l.path == path)
         .and_then(|l| l.leading_comments.as_deref())
-        .map(|c| c.lines().map(str::trim).collect::<Vec<_>>().join("\n").trim().to_owned())
+        .map(|c| {
+            c.lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default()
 }
 
@@ -274,23 +291,6 @@ pub(crate) fn location(file: &prost_reflect::FileDescriptor, path: &[i32]) -> St
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_col_counts_from_one() {
-        assert_eq!(line_col("ab\ncd", 0), (1, 1));
-        assert_eq!(line_col("ab\ncd", 4), (2, 2));
-    }
-
-    #[test]
-    fn repo_paths() {
-        assert_eq!(repo_path("reference/errors.md"), "docs/reference/errors.md");
-        assert_eq!(repo_path("registry.json"), "protocol/generated/registry.json");
-    }
-}
-
 /// The command that regenerates the checked-in artefacts.
 pub const REGENERATE: &str = "cargo run -p hearthnet-codegen -- generate";
 
@@ -301,8 +301,11 @@ pub const GENERATED_DIRS: &[&str] = &["protocol/generated", "docs/reference"];
 /// produces; returns one line per drifted, missing or stale file.
 pub fn drift(p: &Protocol, repo: &Path) -> Vec<String> {
     let mut problems = Vec::new();
-    let expected: BTreeMap<String, Vec<u8>> =
-        p.artefacts().into_iter().map(|(k, v)| (repo_path(&k), v)).collect();
+    let expected: BTreeMap<String, Vec<u8>> = p
+        .artefacts()
+        .into_iter()
+        .map(|(k, v)| (repo_path(&k), v))
+        .collect();
     for (path, bytes) in &expected {
         match std::fs::read(repo.join(path)) {
             Ok(have) if &have == bytes => {}
@@ -314,9 +317,15 @@ pub fn drift(p: &Protocol, repo: &Path) -> Vec<String> {
         let mut files = Vec::new();
         let _ = collect_all(&repo.join(dir), &mut files);
         for f in files {
-            let rel = f.strip_prefix(repo).unwrap_or(&f).to_string_lossy().replace('\\', "/");
+            let rel = f
+                .strip_prefix(repo)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .replace('\\', "/");
             if !expected.contains_key(&rel) {
-                problems.push(format!("{rel}: stale (the generator no longer produces it)"));
+                problems.push(format!(
+                    "{rel}: stale (the generator no longer produces it)"
+                ));
             }
         }
     }
@@ -361,4 +370,24 @@ fn collect_all(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn repo_paths() {
+        assert_eq!(repo_path("reference/errors.md"), "docs/reference/errors.md");
+        assert_eq!(
+            repo_path("registry.json"),
+            "protocol/generated/registry.json"
+        );
+    }
 }

@@ -49,7 +49,11 @@ pub fn lint(p: &Protocol) -> Vec<Finding> {
     let codes: Vec<String> = p.error_codes().into_iter().map(|c| c.wire_name).collect();
     let events: Vec<String> = p.events().into_iter().map(|e| e.event_type).collect();
     let mut push = |location: String, rule: &'static str, message: String| {
-        out.push(Finding { location, rule, message });
+        out.push(Finding {
+            location,
+            rule,
+            message,
+        });
     };
 
     let caps = p.capabilities();
@@ -57,74 +61,147 @@ pub fn lint(p: &Protocol) -> Vec<Finding> {
     for c in &caps {
         let loc = c.location.clone();
         if !name_re.is_match(&c.name) {
-            push(loc.clone(), "CAPABILITY_NAME", format!("`{}` does not match {CAPABILITY_NAME_PATTERN}", c.name));
+            push(
+                loc.clone(),
+                "CAPABILITY_NAME",
+                format!("`{}` does not match {CAPABILITY_NAME_PATTERN}", c.name),
+            );
         }
         if !version_re.is_match(&c.version) {
-            push(loc.clone(), "CAPABILITY_VERSION", format!("{}: version `{}` is not MAJOR.MINOR", c.name, c.version));
+            push(
+                loc.clone(),
+                "CAPABILITY_VERSION",
+                format!("{}: version `{}` is not MAJOR.MINOR", c.name, c.version),
+            );
         }
         if c.stability.is_empty() || c.stability == "unspecified" {
-            push(loc.clone(), "CAPABILITY_FIELDS", format!("{}: stability is not set", c.name));
+            push(
+                loc.clone(),
+                "CAPABILITY_FIELDS",
+                format!("{}: stability is not set", c.name),
+            );
         }
         if c.min_trust.is_empty() || c.min_trust == "unspecified" {
-            push(loc.clone(), "CAPABILITY_FIELDS", format!("{}: min_trust is not set", c.name));
+            push(
+                loc.clone(),
+                "CAPABILITY_FIELDS",
+                format!("{}: min_trust is not set", c.name),
+            );
         }
         for e in &c.errors {
             if !codes.contains(e) {
-                push(loc.clone(), "DECLARED_ERRORS", format!("{}: unknown error code `{e}`", c.name));
+                push(
+                    loc.clone(),
+                    "DECLARED_ERRORS",
+                    format!("{}: unknown error code `{e}`", c.name),
+                );
             }
         }
         for e in &c.events {
             if !events.contains(e) {
-                push(loc.clone(), "DECLARED_EVENTS", format!("{}: unknown event type `{e}`", c.name));
+                push(
+                    loc.clone(),
+                    "DECLARED_EVENTS",
+                    format!("{}: unknown event type `{e}`", c.name),
+                );
             }
         }
         for cl in &c.clauses {
             if !clause_re.is_match(cl) {
-                push(loc.clone(), "CLAUSE_ID", format!("{}: clause id `{cl}` is not like `LLM-001`", c.name));
+                push(
+                    loc.clone(),
+                    "CLAUSE_ID",
+                    format!("{}: clause id `{cl}` is not like `LLM-001`", c.name),
+                );
             }
-            if let Some(owner) = clause_owner.insert(cl.clone(), c.name.clone()) {
-                if owner != c.name {
-                    push(loc.clone(), "CLAUSE_ID", format!("{}: clause `{cl}` is also claimed by {owner}", c.name));
-                }
+            if let Some(owner) = clause_owner.insert(cl.clone(), c.name.clone())
+                && owner != c.name
+            {
+                push(
+                    loc.clone(),
+                    "CLAUSE_ID",
+                    format!("{}: clause `{cl}` is also claimed by {owner}", c.name),
+                );
             }
         }
     }
-    for s in p.pool().services().filter(|s| s.full_name().starts_with(crate::PACKAGE_PREFIX)) {
+    for s in p
+        .pool()
+        .services()
+        .filter(|s| s.full_name().starts_with(crate::PACKAGE_PREFIX))
+    {
         if s.package_name().starts_with("hearthnet.bus.") {
             continue;
         }
         for m in s.methods() {
-            if !caps.iter().any(|c| c.service == s.full_name() && c.method == m.name()) {
-                push(crate::location(&m.parent_file(), m.path()), "CAPABILITY_REQUIRED", format!("rpc {} has no capability option", m.full_name()));
+            if !caps
+                .iter()
+                .any(|c| c.service == s.full_name() && c.method == m.name())
+            {
+                push(
+                    crate::location(&m.parent_file(), m.path()),
+                    "CAPABILITY_REQUIRED",
+                    format!("rpc {} has no capability option", m.full_name()),
+                );
             }
         }
     }
     for e in p.events() {
         if !name_re.is_match(&e.event_type) {
-            push(e.payload.clone(), "EVENT_NAME", format!("event type `{}` does not match {CAPABILITY_NAME_PATTERN}", e.event_type));
+            push(
+                e.payload.clone(),
+                "EVENT_NAME",
+                format!(
+                    "event type `{}` does not match {CAPABILITY_NAME_PATTERN}",
+                    e.event_type
+                ),
+            );
         }
     }
     let mut wire_seen = BTreeMap::new();
     for c in p.error_codes() {
         if !snake_re.is_match(&c.wire_name) {
-            push(c.enum_name.clone(), "ERROR_CODE_OPTIONS", format!("wire name `{}` is not snake_case", c.wire_name));
+            push(
+                c.enum_name.clone(),
+                "ERROR_CODE_OPTIONS",
+                format!("wire name `{}` is not snake_case", c.wire_name),
+            );
         }
-        if wire_seen.insert(c.wire_name.clone(), c.enum_name.clone()).is_some() {
-            push(c.enum_name.clone(), "ERROR_CODE_OPTIONS", format!("wire name `{}` used twice", c.wire_name));
+        if wire_seen
+            .insert(c.wire_name.clone(), c.enum_name.clone())
+            .is_some()
+        {
+            push(
+                c.enum_name.clone(),
+                "ERROR_CODE_OPTIONS",
+                format!("wire name `{}` used twice", c.wire_name),
+            );
         }
     }
     if let Some(e) = p.pool().get_enum_by_name(crate::registry::ERROR_ENUM) {
         let with_opts = p.error_codes().len();
         if with_opts + 1 < e.values().len() {
-            push(e.full_name().to_owned(), "ERROR_CODE_OPTIONS", "every ErrorCode value except 0 needs an error_code option".into());
+            push(
+                e.full_name().to_owned(),
+                "ERROR_CODE_OPTIONS",
+                "every ErrorCode value except 0 needs an error_code option".into(),
+            );
         }
     }
 
     // DOCUMENTED
-    for f in p.pool().files().filter(|f| f.package_name().starts_with(crate::PACKAGE_PREFIX)) {
+    for f in p
+        .pool()
+        .files()
+        .filter(|f| f.package_name().starts_with(crate::PACKAGE_PREFIX))
+    {
         let mut check = |path: &[i32], what: String| {
             if crate::comment(&f, path).is_empty() {
-                push(crate::location(&f, path), "DOCUMENTED", format!("{what} has no doc comment"));
+                push(
+                    crate::location(&f, path),
+                    "DOCUMENTED",
+                    format!("{what} has no doc comment"),
+                );
             }
         };
         for m in p.messages().into_iter().filter(|m| m.parent_file() == f) {

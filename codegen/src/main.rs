@@ -90,7 +90,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 for p in &problems {
                     eprintln!("{p}");
                 }
-                eprintln!("generated artefacts are out of date; run `{}`", hearthnet_codegen::REGENERATE);
+                eprintln!(
+                    "generated artefacts are out of date; run `{}`",
+                    hearthnet_codegen::REGENERATE
+                );
                 return Ok(ExitCode::FAILURE);
             }
             println!("generated artefacts are up to date");
@@ -106,7 +109,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
         Command::Breaking { against } => {
-            let bytes = std::fs::read(&against).map_err(|e| format!("{}: {e}", against.display()))?;
+            let bytes =
+                std::fs::read(&against).map_err(|e| format!("{}: {e}", against.display()))?;
             let old = Protocol::from_descriptor_set(&bytes)?;
             let changes = breaking::breaking(&old, &protocol()?);
             for c in &changes {
@@ -117,7 +121,12 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Validate { capability, message, request, response } => {
+        Command::Validate {
+            capability,
+            message,
+            request,
+            response,
+        } => {
             let p = protocol()?;
             let (file, is_request) = match (request, response) {
                 (Some(f), None) => (f, true),
@@ -127,13 +136,22 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let name = match (capability, message) {
                 (_, Some(m)) => m,
                 (Some(c), None) => {
-                    let (cname, major) = c.split_once('@').map_or((c.as_str(), None), |(a, b)| (a, Some(b)));
+                    let (cname, major) = c
+                        .split_once('@')
+                        .map_or((c.as_str(), None), |(a, b)| (a, Some(b)));
                     let cap = p
                         .capabilities()
                         .into_iter()
-                        .find(|x| x.name == cname && major.is_none_or(|m| x.version.split('.').next() == Some(m)))
+                        .find(|x| {
+                            x.name == cname
+                                && major.is_none_or(|m| x.version.split('.').next() == Some(m))
+                        })
                         .ok_or_else(|| format!("unknown capability `{c}`"))?;
-                    if is_request { cap.request } else { cap.response }
+                    if is_request {
+                        cap.request
+                    } else {
+                        cap.response
+                    }
                 }
                 (None, None) => return Err("give --capability or --message".into()),
             };
@@ -143,11 +161,23 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(p: &Protocol, message: &str, file: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let schema = p.schema(message, false).ok_or_else(|| format!("unknown message `{message}`"))?;
+fn validate(
+    p: &Protocol,
+    message: &str,
+    file: &Path,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let schema = p
+        .schema(message, false)
+        .ok_or_else(|| format!("unknown message `{message}`"))?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let instance: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{}:{}:{}: invalid JSON: {e}", file.display(), e.line(), e.column()))?;
+    let instance: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}:{}:{}: invalid JSON: {e}",
+            file.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
     let validator = jsonschema::validator_for(&schema)?;
     let errors: Vec<String> = validator
         .iter_errors(&instance)
@@ -165,5 +195,9 @@ fn validate(p: &Protocol, message: &str, file: &Path) -> Result<ExitCode, Box<dy
 }
 
 fn display_pointer(p: &str) -> String {
-    if p.is_empty() { "/".to_owned() } else { p.to_owned() }
+    if p.is_empty() {
+        "/".to_owned()
+    } else {
+        p.to_owned()
+    }
 }

@@ -89,7 +89,11 @@ pub struct ErrorCodeInfo {
     pub doc: String,
 }
 
-fn ext_message(opts: &DynamicMessage, pool: &prost_reflect::DescriptorPool, ext: &str) -> Option<DynamicMessage> {
+fn ext_message(
+    opts: &DynamicMessage,
+    pool: &prost_reflect::DescriptorPool,
+    ext: &str,
+) -> Option<DynamicMessage> {
     let ext = pool.get_extension_by_name(ext)?;
     if !opts.has_extension(&ext) {
         return None;
@@ -98,26 +102,40 @@ fn ext_message(opts: &DynamicMessage, pool: &prost_reflect::DescriptorPool, ext:
 }
 
 fn get_str(m: &DynamicMessage, f: &str) -> String {
-    m.get_field_by_name(f).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    m.get_field_by_name(f)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 fn get_u32(m: &DynamicMessage, f: &str) -> u32 {
     m.get_field_by_name(f).and_then(|v| v.as_u32()).unwrap_or(0)
 }
 fn get_bool(m: &DynamicMessage, f: &str) -> bool {
-    m.get_field_by_name(f).and_then(|v| v.as_bool()).unwrap_or(false)
+    m.get_field_by_name(f)
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
 }
 fn get_list(m: &DynamicMessage, f: &str) -> Vec<String> {
     m.get_field_by_name(f)
         .and_then(|v| {
-            v.as_list().map(|l| l.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            v.as_list().map(|l| {
+                l.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
 /// Enum option value as the lowercase suffix after the enum prefix, e.g. `stable`.
 fn get_enum(m: &DynamicMessage, f: &str, prefix: &str) -> String {
-    let Some(field) = m.descriptor().get_field_by_name(f) else { return String::new() };
-    let Some(n) = m.get_field(&field).as_enum_number() else { return String::new() };
-    let Some(e) = field.kind().as_enum().cloned() else { return String::new() };
+    let Some(field) = m.descriptor().get_field_by_name(f) else {
+        return String::new();
+    };
+    let Some(n) = m.get_field(&field).as_enum_number() else {
+        return String::new();
+    };
+    let Some(e) = field.kind().as_enum().cloned() else {
+        return String::new();
+    };
     e.get_value(n)
         .map(|v| v.name().trim_start_matches(prefix).to_ascii_lowercase())
         .unwrap_or_default()
@@ -182,7 +200,10 @@ pub fn schema_hash(p: &Protocol, cap: &Capability) -> String {
         "request_schema": req,
         "response_schema": resp,
     });
-    format!("blake3:{}", blake3::hash(canonical_json(&doc).as_bytes()).to_hex())
+    format!(
+        "blake3:{}",
+        blake3::hash(canonical_json(&doc).as_bytes()).to_hex()
+    )
 }
 
 /// Canonical JSON: object keys sorted by UTF-16... here by bytes (all our keys
@@ -243,7 +264,9 @@ pub(crate) fn events(p: &Protocol) -> Vec<EventType> {
 }
 
 pub(crate) fn error_codes(p: &Protocol) -> Vec<ErrorCodeInfo> {
-    let Some(e) = p.pool().get_enum_by_name(ERROR_ENUM) else { return Vec::new() };
+    let Some(e) = p.pool().get_enum_by_name(ERROR_ENUM) else {
+        return Vec::new();
+    };
     e.values()
         .filter_map(|v| {
             let o = ext_message(&v.options(), p.pool(), ERROR_EXT)?;
@@ -269,20 +292,31 @@ pub(crate) fn check(p: &Protocol) -> Result<(), Error> {
     let mut seen = std::collections::BTreeSet::new();
     for s in p.pool().services() {
         for m in s.methods() {
-            let Some(cap) = capability_of(p, &m) else { continue };
-            let fail = |message: String| Error::Options { location: cap.location.clone(), message };
+            let Some(cap) = capability_of(p, &m) else {
+                continue;
+            };
+            let fail = |message: String| Error::Options {
+                location: cap.location.clone(),
+                message,
+            };
             for e in &cap.errors {
                 if !codes.contains(e) {
-                    return Err(fail(format!("capability {} declares unknown error code `{e}`", cap.name)));
+                    return Err(fail(format!(
+                        "capability {} declares unknown error code `{e}`",
+                        cap.name
+                    )));
                 }
             }
             for e in &cap.events {
                 if !events.contains(e) {
-                    return Err(fail(format!("capability {} declares unknown event type `{e}`", cap.name)));
+                    return Err(fail(format!(
+                        "capability {} declares unknown event type `{e}`",
+                        cap.name
+                    )));
                 }
             }
             let declared = declared_streaming(p, &m);
-            if !declared.is_empty() && declared != cap.streaming {
+            if !declared.is_empty() && declared != "unspecified" && declared != cap.streaming {
                 return Err(fail(format!(
                     "capability {} declares streaming `{declared}` but the rpc is `{}`",
                     cap.name, cap.streaming
@@ -340,4 +374,3 @@ pub fn registry_json(p: &Protocol) -> String {
         "errors": errors,
     }))
 }
-

@@ -42,11 +42,17 @@ pub const DURATION_PATTERN: &str = "^-?[0-9]+(?:\\.[0-9]{1,9})?s$";
 /// every message it reaches.
 pub fn root_schema(msg: &MessageDescriptor, with_docs: bool) -> Value {
     let mut defs = Map::new();
-    let mut g = Gen { defs: &mut defs, with_docs };
+    let mut g = Gen {
+        defs: &mut defs,
+        with_docs,
+    };
     let body = g.message(msg);
     let mut out = Map::new();
     out.insert("$schema".into(), json!(DIALECT));
-    out.insert("$id".into(), json!(format!("urn:hearthnet:schema:{}", msg.full_name())));
+    out.insert(
+        "$id".into(),
+        json!(format!("urn:hearthnet:schema:{}", msg.full_name())),
+    );
     if with_docs {
         out.insert("title".into(), json!(msg.full_name()));
     }
@@ -75,10 +81,10 @@ impl Gen<'_> {
             let mut s = self.field(&f);
             if self.with_docs {
                 let doc = crate::comment(&f.parent_file(), f.path());
-                if !doc.is_empty() {
-                    if let Value::Object(o) = &mut s {
-                        o.insert("description".into(), json!(doc));
-                    }
+                if !doc.is_empty()
+                    && let Value::Object(o) = &mut s
+                {
+                    o.insert("description".into(), json!(doc));
                 }
             }
             props.insert(f.json_name().to_owned(), s.clone());
@@ -120,7 +126,9 @@ impl Gen<'_> {
     fn field(&mut self, f: &FieldDescriptor) -> Value {
         if f.is_map() {
             let kind = f.kind();
-            let Some(entry) = kind.as_message() else { return json!({}) };
+            let Some(entry) = kind.as_message() else {
+                return json!({});
+            };
             let key = entry.map_entry_key_field();
             let value = self.kind(&entry.map_entry_value_field().kind());
             let mut s = json!({"type": "object", "additionalProperties": value});
@@ -143,7 +151,9 @@ impl Gen<'_> {
         match kind {
             Kind::Bool => json!({"type": "boolean"}),
             Kind::String => json!({"type": "string"}),
-            Kind::Bytes => json!({"type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN}),
+            Kind::Bytes => {
+                json!({"type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN})
+            }
             Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
                 int_schema(i32::MIN as i128, i32::MAX as i128)
             }
@@ -220,7 +230,11 @@ fn int_schema(min: i128, max: i128) -> Value {
 }
 
 fn num(v: i128) -> Value {
-    if v < 0 { json!(v as i64) } else { json!(v as u64) }
+    if v < 0 {
+        json!(v as i64)
+    } else {
+        json!(v as u64)
+    }
 }
 
 /// Regex for decimal strings (optional `+`, leading zeros allowed, as Rust's
@@ -241,13 +255,21 @@ fn le_regex(n: u128) -> String {
     let k = d.len();
     let mut alts = vec!["0".to_owned()];
     if k >= 2 {
-        alts.push(if k == 2 { "[1-9]".to_owned() } else { format!("[1-9][0-9]{{0,{}}}", k - 2) });
+        alts.push(if k == 2 {
+            "[1-9]".to_owned()
+        } else {
+            format!("[1-9][0-9]{{0,{}}}", k - 2)
+        });
     }
     let mut prefix = String::new();
     for (i, &c) in d.iter().enumerate() {
         let lower = if i == 0 { 1 } else { 0 };
         if c > lower {
-            let class = if c - 1 == lower { format!("{lower}") } else { format!("[{lower}-{}]", c - 1) };
+            let class = if c - 1 == lower {
+                format!("{lower}")
+            } else {
+                format!("[{lower}-{}]", c - 1)
+            };
             let rest = k - i - 1;
             let tail = match rest {
                 0 => String::new(),
@@ -272,8 +294,24 @@ mod tests {
     fn check(min: i128, max: i128) {
         let re = Regex::new(&int_string_pattern(min, max)).expect("regex");
         let probes: Vec<i128> = vec![
-            min - 1, min, min + 1, -1, 0, 1, 9, 10, 99, 100, max / 10, max / 2, max - 1, max, max + 1,
-            max * 10, 12345, 4_000_000_000,
+            min - 1,
+            min,
+            min + 1,
+            -1,
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            max / 10,
+            max / 2,
+            max - 1,
+            max,
+            max + 1,
+            max * 10,
+            12345,
+            4_000_000_000,
         ];
         for p in probes {
             let s = p.to_string();

@@ -27,7 +27,11 @@ fn main() {
             }
         }
         None => {
-            println!("hearthnet-conformance {} (protocol {})", env!("CARGO_PKG_VERSION"), hearthnet_sdk::PROTOCOL_VERSION);
+            println!(
+                "hearthnet-conformance {} (protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                hearthnet_sdk::PROTOCOL_VERSION
+            );
         }
     }
 }

@@ -25,7 +25,10 @@ fn main() {
     match cli.command {
         Some(Command::Caps) => {
             for c in hearthnet_sdk::registry::registry() {
-                println!("{}@{}\t{}\t{:?}", c.name, c.version, c.stability, c.streaming);
+                println!(
+                    "{}@{}\t{}\t{:?}",
+                    c.name, c.version, c.stability, c.streaming
+                );
             }
         }
         Some(Command::Version) | None => {

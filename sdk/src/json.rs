@@ -50,7 +50,9 @@ pub fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error
 }
 
 /// Parses a JSON value into a message (see [`from_json`]).
-pub fn from_json_value<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, serde_json::Error> {
+pub fn from_json_value<T: DeserializeOwned>(
+    mut value: serde_json::Value,
+) -> Result<T, serde_json::Error> {
     normalize_numbers(&mut value);
     T::deserialize(value)
 }
@@ -60,14 +62,13 @@ pub fn normalize_numbers(v: &mut serde_json::Value) {
     use serde_json::Value;
     match v {
         Value::Number(n) if n.is_f64() => {
-            if let Some(f) = n.as_f64() {
-                if f.fract() == 0.0 {
-                    if f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0 {
-                        *v = Value::from(f as i64);
-                    } else if f >= 0.0 && f < 18_446_744_073_709_551_616.0 {
-                        *v = Value::from(f as u64);
-                    }
-                }
+            const I64: std::ops::Range<f64> =
+                -9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0;
+            const U64: std::ops::Range<f64> = 0.0..18_446_744_073_709_551_616.0;
+            match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && I64.contains(&f) => *v = Value::from(f as i64),
+                Some(f) if f.fract() == 0.0 && U64.contains(&f) => *v = Value::from(f as u64),
+                _ => {}
             }
         }
         Value::Array(a) => a.iter_mut().for_each(normalize_numbers),
@@ -76,13 +77,20 @@ pub fn normalize_numbers(v: &mut serde_json::Value) {
     }
 }
 
-pub(crate) fn json_to_proto<T: Message + DeserializeOwned>(json: &str) -> Result<Vec<u8>, serde_json::Error> {
+pub(crate) fn json_to_proto<T: Message + DeserializeOwned>(
+    json: &str,
+) -> Result<Vec<u8>, serde_json::Error> {
     let msg: T = from_json(json)?;
     Ok(msg.encode_to_vec())
 }
 
-pub(crate) fn proto_to_json<T: Message + Default + Serialize>(bytes: &[u8]) -> Result<String, ConvertError> {
-    let msg = T::decode(bytes).map_err(|source| ConvertError::Proto { message: std::any::type_name::<T>().to_owned(), source })?;
+pub(crate) fn proto_to_json<T: Message + Default + Serialize>(
+    bytes: &[u8],
+) -> Result<String, ConvertError> {
+    let msg = T::decode(bytes).map_err(|source| ConvertError::Proto {
+        message: std::any::type_name::<T>().to_owned(),
+        source,
+    })?;
     Ok(to_json(&msg))
 }
 
@@ -101,7 +109,10 @@ pub fn message_names() -> &'static [&'static str] {
 pub fn json_to_proto_bytes(message: &str, json: &str) -> Result<Vec<u8>, ConvertError> {
     dispatch::json_to_proto_by_name(message, json)
         .ok_or_else(|| ConvertError::UnknownMessage(message.to_owned()))?
-        .map_err(|source| ConvertError::Json { message: message.to_owned(), source })
+        .map_err(|source| ConvertError::Json {
+            message: message.to_owned(),
+            source,
+        })
 }
 
 /// Decodes protobuf bytes of the named message and returns its canonical JSON.

@@ -29,9 +29,9 @@
 #![forbid(unsafe_code)]
 
 pub mod json;
-pub mod wkt;
 pub mod registry;
 pub mod validate;
+pub mod wkt;
 
 /// Generated protobuf types and gRPC services, one module per package
 /// (`proto::hearthnet::llm::v1::ChatRequest`).

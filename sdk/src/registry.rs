@@ -92,7 +92,10 @@ pub fn registry() -> &'static [Capability] {
 
 /// The capability with this name (newest major if several).
 pub fn capability(name: &str) -> Option<&'static Capability> {
-    registry().iter().filter(|c| c.name == name).max_by_key(|c| c.version_numbers())
+    registry()
+        .iter()
+        .filter(|c| c.name == name)
+        .max_by_key(|c| c.version_numbers())
 }
 
 /// Every event type.
@@ -103,7 +106,9 @@ pub fn events() -> &'static [EventType] {
 /// Parses `MAJOR.MINOR`.
 pub fn parse_version(v: &str) -> Option<(u32, u32)> {
     let (a, b) = v.split_once('.')?;
-    let ok = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    let ok = |s: &str| {
+        !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
+    };
     if !ok(a) || !ok(b) {
         return None;
     }
@@ -127,15 +132,17 @@ pub struct ErrorCodeInfo {
 
 /// Every error code, in enum order.
 pub fn error_codes() -> impl Iterator<Item = ErrorCodeInfo> {
-    generated::ERROR_CODES.iter().filter_map(|&(n, wire_name, http_status, retryable, phase)| {
-        Some(ErrorCodeInfo {
-            code: crate::proto::hearthnet::common::v1::ErrorCode::try_from(n).ok()?,
-            wire_name,
-            http_status,
-            retryable,
-            phase,
+    generated::ERROR_CODES
+        .iter()
+        .filter_map(|&(n, wire_name, http_status, retryable, phase)| {
+            Some(ErrorCodeInfo {
+                code: crate::proto::hearthnet::common::v1::ErrorCode::try_from(n).ok()?,
+                wire_name,
+                http_status,
+                retryable,
+                phase,
+            })
         })
-    })
 }
 
 /// Looks an error code up by its wire name (`not_found`).
@@ -146,7 +153,9 @@ pub fn error_code(wire_name: &str) -> Option<ErrorCodeInfo> {
 impl crate::proto::hearthnet::common::v1::ErrorCode {
     /// The snake_case wire name (`not_found`); `internal_error` for `Unspecified`.
     pub fn wire_name(self) -> &'static str {
-        error_codes().find(|e| e.code == self).map_or("internal_error", |e| e.wire_name)
+        error_codes()
+            .find(|e| e.code == self)
+            .map_or("internal_error", |e| e.wire_name)
     }
 
     /// Parses a wire name.

@@ -91,14 +91,18 @@ pub fn schema(capability: &str, direction: Direction) -> Option<&'static Value> 
 
 /// A compiled validator for a message (cached per message, built once).
 pub fn validator(message: &str) -> Option<&'static jsonschema::Validator> {
-    static CACHE: OnceLock<Mutex<HashMap<String, &'static jsonschema::Validator>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<String, &'static jsonschema::Validator>>> =
+        OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(v) = map.get(message) {
         return Some(v);
     }
     let schema = message_schema(message)?;
-    let compiled = jsonschema::options().should_validate_formats(false).build(schema).ok()?;
+    let compiled = jsonschema::options()
+        .should_validate_formats(false)
+        .build(schema)
+        .ok()?;
     let leaked: &'static jsonschema::Validator = Box::leak(Box::new(compiled));
     map.insert(message.to_owned(), leaked);
     Some(leaked)
@@ -106,7 +110,8 @@ pub fn validator(message: &str) -> Option<&'static jsonschema::Validator> {
 
 /// Validates a parsed JSON value against a message's schema.
 pub fn validate_message_value(message: &str, value: &Value) -> Result<(), ValidationError> {
-    let v = validator(message).ok_or_else(|| ValidationError::UnknownMessage(message.to_owned()))?;
+    let v =
+        validator(message).ok_or_else(|| ValidationError::UnknownMessage(message.to_owned()))?;
     let violations: Vec<Violation> = v
         .iter_errors(value)
         .map(|e| Violation {
@@ -115,12 +120,20 @@ pub fn validate_message_value(message: &str, value: &Value) -> Result<(), Valida
             message: e.to_string(),
         })
         .collect();
-    if violations.is_empty() { Ok(()) } else { Err(ValidationError::Invalid(violations)) }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError::Invalid(violations))
+    }
 }
 
 /// Validates JSON text against a capability's request or response schema,
 /// returning every violation with its JSON pointer.
-pub fn validate_json(capability: &str, direction: Direction, text: &str) -> Result<(), ValidationError> {
+pub fn validate_json(
+    capability: &str,
+    direction: Direction,
+    text: &str,
+) -> Result<(), ValidationError> {
     let cap = registry::capability(capability)
         .ok_or_else(|| ValidationError::UnknownCapability(capability.to_owned()))?;
     let message = match direction {

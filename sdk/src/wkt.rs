@@ -36,7 +36,9 @@ impl Timestamp {
     /// RFC 3339 text with `Z` and 0, 3, 6 or 9 fractional digits; `None` when
     /// out of range.
     pub fn to_rfc3339(&self) -> Option<String> {
-        if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.seconds) || !(0..1_000_000_000).contains(&self.nanos) {
+        if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.seconds)
+            || !(0..1_000_000_000).contains(&self.nanos)
+        {
             return None;
         }
         let dt = DateTime::<Utc>::from_timestamp(self.seconds, self.nanos as u32)?;
@@ -48,7 +50,9 @@ impl Timestamp {
         static RE: OnceLock<regex::Regex> = OnceLock::new();
         let re = RE.get_or_init(|| regex::Regex::new(TIMESTAMP_PATTERN).expect("static regex"));
         if !re.is_match(text) {
-            return Err(format!("`{text}` is not an RFC 3339 timestamp (YYYY-MM-DDThh:mm:ss[.f]Z or ±hh:mm offset)"));
+            return Err(format!(
+                "`{text}` is not an RFC 3339 timestamp (YYYY-MM-DDThh:mm:ss[.f]Z or ±hh:mm offset)"
+            ));
         }
         let dt = DateTime::parse_from_rfc3339(text).map_err(|e| format!("`{text}`: {e}"))?;
         let ts: Timestamp = dt.with_timezone(&Utc).into();
@@ -64,7 +68,10 @@ const TIMESTAMP_PATTERN: &str = "^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]
 
 impl From<DateTime<Utc>> for Timestamp {
     fn from(dt: DateTime<Utc>) -> Self {
-        Timestamp { seconds: dt.timestamp(), nanos: dt.timestamp_subsec_nanos().min(999_999_999) as i32 }
+        Timestamp {
+            seconds: dt.timestamp(),
+            nanos: dt.timestamp_subsec_nanos().min(999_999_999) as i32,
+        }
     }
 }
 
@@ -79,9 +86,12 @@ impl std::fmt::Debug for Timestamp {
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text = self
-            .to_rfc3339()
-            .ok_or_else(|| serde::ser::Error::custom(format!("timestamp {}s {}ns out of range", self.seconds, self.nanos)))?;
+        let text = self.to_rfc3339().ok_or_else(|| {
+            serde::ser::Error::custom(format!(
+                "timestamp {}s {}ns out of range",
+                self.seconds, self.nanos
+            ))
+        })?;
         s.serialize_str(&text)
     }
 }
@@ -108,17 +118,47 @@ mod tests {
 
     #[test]
     fn formats_with_z_and_grouped_fractions() {
-        let t = Timestamp { seconds: 0, nanos: 1_000_000 };
+        let t = Timestamp {
+            seconds: 0,
+            nanos: 1_000_000,
+        };
         assert_eq!(t.to_rfc3339().as_deref(), Some("1970-01-01T00:00:00.001Z"));
-        assert_eq!(Timestamp { seconds: 0, nanos: 0 }.to_rfc3339().as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(
+            Timestamp {
+                seconds: 0,
+                nanos: 0
+            }
+            .to_rfc3339()
+            .as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
     }
 
     #[test]
     fn parses_offsets_and_rejects_lenient_forms() {
-        assert_eq!(Timestamp::parse("1970-01-01T01:00:00+01:00"), Ok(Timestamp { seconds: 0, nanos: 0 }));
-        for bad in ["1970-01-01t00:00:00z", "1970-01-01 00:00:00Z", "1970-02-30T00:00:00Z", "0000-01-01T00:00:00Z", ""] {
+        assert_eq!(
+            Timestamp::parse("1970-01-01T01:00:00+01:00"),
+            Ok(Timestamp {
+                seconds: 0,
+                nanos: 0
+            })
+        );
+        for bad in [
+            "1970-01-01t00:00:00z",
+            "1970-01-01 00:00:00Z",
+            "1970-02-30T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "",
+        ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");
         }
-        assert!(Timestamp { seconds: MAX_SECONDS + 1, nanos: 0 }.to_rfc3339().is_none());
+        assert!(
+            Timestamp {
+                seconds: MAX_SECONDS + 1,
+                nanos: 0
+            }
+            .to_rfc3339()
+            .is_none()
+        );
     }
 }

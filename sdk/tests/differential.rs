@@ -17,15 +17,57 @@ const INSTANCES: usize = 6000;
 /// Replacement values a mutation may put anywhere.
 fn replacement(rng: &mut StdRng) -> Value {
     let choices = [
-        json!(null), json!(true), json!(false), json!(0), json!(-1), json!(1.5), json!(1.0), json!(-0.0),
-        json!(4294967296u64), json!(2147483648u64), json!(-2147483649i64), json!(9223372036854775807i64),
-        json!(9223372036854775808u64), json!(18446744073709551615u64), json!(-9223372036854775808i64), json!(1e20),
-        json!("x"), json!(""), json!("123"), json!("+7"), json!("-0"), json!("007"), json!("1.0"), json!("1e3"),
-        json!("4294967296"), json!("-1"), json!("NaN"), json!("Infinity"), json!("-inf"), json!("QQ"), json!("QR"),
-        json!("QUI="), json!("-_-_"), json!("a b"), json!("QQ="), json!("ROLE_USER"), json!("STOP_REASON_END"),
-        json!("ERROR_CODE_NOT_FOUND"), json!("2026-11-24T03:06:58Z"), json!("2026-11-24T03:06:58.123+01:00"),
-        json!("2026-02-30T00:00:00Z"), json!("2026-11-24t03:06:58z"), json!("2026-11-24 03:06:58Z"),
-        json!([]), json!([1, 2]), json!(["a"]), json!({}), json!({"bogus": 1}), json!(1), json!(3), json!(99),
+        json!(null),
+        json!(true),
+        json!(false),
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(1.0),
+        json!(-0.0),
+        json!(4294967296u64),
+        json!(2147483648u64),
+        json!(-2147483649i64),
+        json!(9223372036854775807i64),
+        json!(9223372036854775808u64),
+        json!(18446744073709551615u64),
+        json!(-9223372036854775808i64),
+        json!(1e20),
+        json!("x"),
+        json!(""),
+        json!("123"),
+        json!("+7"),
+        json!("-0"),
+        json!("007"),
+        json!("1.0"),
+        json!("1e3"),
+        json!("4294967296"),
+        json!("-1"),
+        json!("NaN"),
+        json!("Infinity"),
+        json!("-inf"),
+        json!("QQ"),
+        json!("QR"),
+        json!("QUI="),
+        json!("-_-_"),
+        json!("a b"),
+        json!("QQ="),
+        json!("ROLE_USER"),
+        json!("STOP_REASON_END"),
+        json!("ERROR_CODE_NOT_FOUND"),
+        json!("2026-11-24T03:06:58Z"),
+        json!("2026-11-24T03:06:58.123+01:00"),
+        json!("2026-02-30T00:00:00Z"),
+        json!("2026-11-24t03:06:58z"),
+        json!("2026-11-24 03:06:58Z"),
+        json!([]),
+        json!([1, 2]),
+        json!(["a"]),
+        json!({}),
+        json!({"bogus": 1}),
+        json!(1),
+        json!(3),
+        json!(99),
     ];
     choices.choose(rng).expect("non-empty").clone()
 }
@@ -49,7 +91,11 @@ fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                pointers(x, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+                pointers(
+                    x,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
             }
         }
         Value::Array(a) => {
@@ -65,7 +111,9 @@ fn mutate(v: &mut Value, rng: &mut StdRng, desc: &prost_reflect::MessageDescript
     let mut ptrs = Vec::new();
     pointers(v, String::new(), &mut ptrs);
     let at = ptrs.choose(rng).expect("root").clone();
-    let Some(target) = v.pointer_mut(&at) else { return };
+    let Some(target) = v.pointer_mut(&at) else {
+        return;
+    };
     match rng.random_range(0..10) {
         0..=4 => *target = replacement(rng),
         5 => {
@@ -77,14 +125,14 @@ fn mutate(v: &mut Value, rng: &mut StdRng, desc: &prost_reflect::MessageDescript
         }
         6 => {
             // Duplicate a key under its proto (snake_case) name.
-            if let Value::Object(m) = target {
-                if let Some(k) = m.keys().find(|k| snake(k) != **k).cloned() {
-                    let val = m[&k].clone();
-                    if rng.random_bool(0.5) {
-                        m.remove(&k);
-                    }
-                    m.insert(snake(&k), val);
+            if let Value::Object(m) = target
+                && let Some(k) = m.keys().find(|k| snake(k) != **k).cloned()
+            {
+                let val = m[&k].clone();
+                if rng.random_bool(0.5) {
+                    m.remove(&k);
                 }
+                m.insert(snake(&k), val);
             }
         }
         7 => {
@@ -93,7 +141,8 @@ fn mutate(v: &mut Value, rng: &mut StdRng, desc: &prost_reflect::MessageDescript
                 if at.is_empty() {
                     for o in desc.oneofs().filter(|o| !o.is_synthetic()) {
                         for f in o.fields() {
-                            m.entry(f.json_name().to_owned()).or_insert_with(|| replacement(rng));
+                            m.entry(f.json_name().to_owned())
+                                .or_insert_with(|| replacement(rng));
                         }
                     }
                 } else if let Some(k) = m.keys().next().cloned() {
@@ -103,17 +152,19 @@ fn mutate(v: &mut Value, rng: &mut StdRng, desc: &prost_reflect::MessageDescript
         }
         8 => *target = json!([target.clone()]),
         _ => {
-            if let Value::Object(m) = target {
-                if let Some(k) = m.keys().next().cloned() {
-                    m.remove(&k);
-                }
+            if let Value::Object(m) = target
+                && let Some(k) = m.keys().next().cloned()
+            {
+                m.remove(&k);
             }
         }
     }
 }
 
 fn schema_verdict(name: &str, v: &Value) -> bool {
-    hearthnet_sdk::validate::validator(name).expect("validator").is_valid(v)
+    hearthnet_sdk::validate::validator(name)
+        .expect("validator")
+        .is_valid(v)
 }
 
 fn decoder_verdict(name: &str, v: &Value) -> bool {
@@ -128,7 +179,11 @@ fn without_integral_floats(v: &Value) -> Value {
             _ => v.clone(),
         },
         Value::Array(a) => Value::Array(a.iter().map(without_integral_floats).collect()),
-        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), without_integral_floats(x))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), without_integral_floats(x)))
+                .collect(),
+        ),
         _ => v.clone(),
     }
 }
@@ -137,7 +192,12 @@ fn without_integral_floats(v: &Value) -> Value {
 fn without_nulls(v: &Value) -> Value {
     match v {
         Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
-        Value::Object(m) => Value::Object(m.iter().filter(|(_, x)| !x.is_null()).map(|(k, x)| (k.clone(), without_nulls(x))).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k.clone(), without_nulls(x)))
+                .collect(),
+        ),
         _ => v.clone(),
     }
 }
@@ -190,7 +250,11 @@ fn schema_and_decoder_agree() {
         }
         let s = schema_verdict(name, &v);
         let d = decoder_verdict(name, &v);
-        if s { valid_count += 1 } else { invalid_count += 1 }
+        if s {
+            valid_count += 1
+        } else {
+            invalid_count += 1
+        }
         if s == d {
             agree += 1;
         } else {
@@ -208,6 +272,19 @@ fn schema_and_decoder_agree() {
     if let Ok(path) = std::env::var("HEARTHNET_CORPUS_OUT") {
         std::fs::write(&path, serde_json::to_string(&corpus).expect("json")).expect("write corpus");
     }
-    assert!(valid_count > INSTANCES / 5 && invalid_count > INSTANCES / 5, "corpus must mix valid and invalid instances");
-    assert!(unexplained.is_empty(), "{} unexplained disagreements:\n{}", unexplained.len(), unexplained.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        valid_count > INSTANCES / 5 && invalid_count > INSTANCES / 5,
+        "corpus must mix valid and invalid instances"
+    );
+    assert!(
+        unexplained.is_empty(),
+        "{} unexplained disagreements:\n{}",
+        unexplained.len(),
+        unexplained
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

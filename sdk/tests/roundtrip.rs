@@ -4,9 +4,9 @@
 
 mod common;
 
+use proptest::prelude::*;
 use prost::Message;
 use prost_reflect::DynamicMessage;
-use proptest::prelude::*;
 
 fn check_one(seed: u64) -> Result<(), TestCaseError> {
     let mut rng = common::rng(seed);
@@ -18,7 +18,10 @@ fn check_one(seed: u64) -> Result<(), TestCaseError> {
             .map_err(|e| TestCaseError::fail(format!("{name}: encode: {e}")))?;
         let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
         if let Err(e) = hearthnet_sdk::validate::validate_message_value(name, &value) {
-            return Err(TestCaseError::fail(format!("{name}: {json} rejected by its schema: {:?}", e.violations())));
+            return Err(TestCaseError::fail(format!(
+                "{name}: {json} rejected by its schema: {:?}",
+                e.violations()
+            )));
         }
         let back = hearthnet_sdk::json::json_to_proto_bytes(name, &json)
             .map_err(|e| TestCaseError::fail(format!("{name}: decode {json}: {e}")))?;
@@ -29,14 +32,28 @@ fn check_one(seed: u64) -> Result<(), TestCaseError> {
         // prost-reflect (an independent proto3 JSON implementation) reads
         // pbjson's JSON as the same message, and pbjson reads prost-reflect's.
         let mut de = serde_json::Deserializer::from_str(&json);
-        let via_reflect = DynamicMessage::deserialize(desc.clone(), &mut de)
-            .map_err(|e| TestCaseError::fail(format!("{name}: prost-reflect rejects {json}: {e}")))?;
-        prop_assert!(via_reflect == original, "{}: prost-reflect reads {} differently", name, json);
+        let via_reflect = DynamicMessage::deserialize(desc.clone(), &mut de).map_err(|e| {
+            TestCaseError::fail(format!("{name}: prost-reflect rejects {json}: {e}"))
+        })?;
+        prop_assert!(
+            via_reflect == original,
+            "{}: prost-reflect reads {} differently",
+            name,
+            json
+        );
         let reflect_json = serde_json::to_string(&original).expect("prost-reflect serialises");
-        let back2 = hearthnet_sdk::json::json_to_proto_bytes(name, &reflect_json)
-            .map_err(|e| TestCaseError::fail(format!("{name}: pbjson rejects prost-reflect's {reflect_json}: {e}")))?;
+        let back2 = hearthnet_sdk::json::json_to_proto_bytes(name, &reflect_json).map_err(|e| {
+            TestCaseError::fail(format!(
+                "{name}: pbjson rejects prost-reflect's {reflect_json}: {e}"
+            ))
+        })?;
         let again2 = DynamicMessage::decode(desc.clone(), back2.as_slice()).expect("re-decode");
-        prop_assert!(again2 == original, "{}: pbjson reads {} differently", name, reflect_json);
+        prop_assert!(
+            again2 == original,
+            "{}: pbjson reads {} differently",
+            name,
+            reflect_json
+        );
     }
     Ok(())
 }
@@ -51,5 +68,9 @@ proptest! {
 
 #[test]
 fn there_are_many_message_types() {
-    assert!(common::messages().len() > 100, "{}", common::messages().len());
+    assert!(
+        common::messages().len() > 100,
+        "{}",
+        common::messages().len()
+    );
 }

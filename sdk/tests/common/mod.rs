@@ -14,18 +14,34 @@ pub fn rng(seed: u64) -> StdRng {
 pub fn messages() -> Vec<MessageDescriptor> {
     hearthnet_sdk::json::message_names()
         .iter()
-        .map(|n| hearthnet_sdk::descriptor_pool().get_message_by_name(n).expect("message in pool"))
+        .map(|n| {
+            hearthnet_sdk::descriptor_pool()
+                .get_message_by_name(n)
+                .expect("message in pool")
+        })
         .collect()
 }
 
-const STRINGS: &[&str] = &["", "a", "hello world", "llm.chat", "Grüße, 世界", "ed25519:AAAA", "line\nbreak", "\"quoted\"", "🙂"];
+const STRINGS: &[&str] = &[
+    "",
+    "a",
+    "hello world",
+    "llm.chat",
+    "Grüße, 世界",
+    "ed25519:AAAA",
+    "line\nbreak",
+    "\"quoted\"",
+    "🙂",
+];
 
 fn random_string(rng: &mut StdRng) -> String {
     if rng.random_bool(0.5) {
         (*STRINGS.choose(rng).expect("non-empty")).to_owned()
     } else {
         let n = rng.random_range(0..12);
-        (0..n).map(|_| rng.random_range(0x20u8..0x7f) as char).collect()
+        (0..n)
+            .map(|_| rng.random_range(0x20u8..0x7f) as char)
+            .collect()
     }
 }
 
@@ -53,14 +69,38 @@ fn scalar(kind: &Kind, rng: &mut StdRng, depth: usize) -> Value {
         Kind::String => Value::String(random_string(rng)),
         Kind::Bytes => {
             let n = rng.random_range(0..10);
-            Value::Bytes((0..n).map(|_| rng.random::<u8>()).collect::<Vec<u8>>().into())
+            Value::Bytes(
+                (0..n)
+                    .map(|_| rng.random::<u8>())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            )
         }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(pick_i64(rng, i32::MIN as i64, i32::MAX as i64) as i32),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(pick_i64(rng, i32::MIN as i64, i32::MAX as i64) as i32)
+        }
         Kind::Uint32 | Kind::Fixed32 => Value::U32(pick_u64(rng, u32::MAX as u64) as u32),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(pick_i64(rng, i64::MIN, i64::MAX)),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(pick_i64(rng, i64::MIN, i64::MAX))
+        }
         Kind::Uint64 | Kind::Fixed64 => Value::U64(pick_u64(rng, u64::MAX)),
-        Kind::Float => Value::F32(*[0.0f32, 1.5, -2.25, 1e30, f32::MIN_POSITIVE, rng.random::<f32>()].choose(rng).expect("non-empty")),
-        Kind::Double => Value::F64(*[0.0f64, 0.1, -7.5, 1e300, rng.random::<f64>() * 1e6].choose(rng).expect("non-empty")),
+        Kind::Float => Value::F32(
+            *[
+                0.0f32,
+                1.5,
+                -2.25,
+                1e30,
+                f32::MIN_POSITIVE,
+                rng.random::<f32>(),
+            ]
+            .choose(rng)
+            .expect("non-empty"),
+        ),
+        Kind::Double => Value::F64(
+            *[0.0f64, 0.1, -7.5, 1e300, rng.random::<f64>() * 1e6]
+                .choose(rng)
+                .expect("non-empty"),
+        ),
         Kind::Enum(e) => {
             let vals: Vec<i32> = e.values().map(|v| v.number()).collect();
             Value::EnumNumber(*vals.choose(rng).expect("enum has values"))
@@ -87,7 +127,10 @@ fn field_value(f: &FieldDescriptor, rng: &mut StdRng, depth: usize) -> Value {
         let n = rng.random_range(0..3);
         let mut map = std::collections::HashMap::new();
         for _ in 0..n {
-            map.insert(map_key(&entry.map_entry_key_field().kind(), rng), scalar(&entry.map_entry_value_field().kind(), rng, depth));
+            map.insert(
+                map_key(&entry.map_entry_key_field().kind(), rng),
+                scalar(&entry.map_entry_value_field().kind(), rng, depth),
+            );
         }
         Value::Map(map)
     } else if f.is_list() {
@@ -104,12 +147,25 @@ pub fn random_message(desc: &MessageDescriptor, rng: &mut StdRng, depth: usize) 
     let mut msg = DynamicMessage::new(desc.clone());
     match desc.full_name() {
         "google.protobuf.Timestamp" => {
-            msg.set_field_by_name("seconds", Value::I64(rng.random_range(-62_135_596_800i64..253_402_300_799)));
-            msg.set_field_by_name("nanos", Value::I32(*[0, 1_000_000, 500, rng.random_range(0..1_000_000_000)].choose(rng).expect("non-empty")));
+            msg.set_field_by_name(
+                "seconds",
+                Value::I64(rng.random_range(-62_135_596_800i64..253_402_300_799)),
+            );
+            msg.set_field_by_name(
+                "nanos",
+                Value::I32(
+                    *[0, 1_000_000, 500, rng.random_range(0..1_000_000_000)]
+                        .choose(rng)
+                        .expect("non-empty"),
+                ),
+            );
             return msg;
         }
         "google.protobuf.Duration" => {
-            msg.set_field_by_name("seconds", Value::I64(rng.random_range(-1_000_000i64..1_000_000)));
+            msg.set_field_by_name(
+                "seconds",
+                Value::I64(rng.random_range(-1_000_000i64..1_000_000)),
+            );
             return msg;
         }
         _ => {}
@@ -122,10 +178,10 @@ pub fn random_message(desc: &MessageDescriptor, rng: &mut StdRng, depth: usize) 
         if !rng.random_bool(0.5) {
             continue;
         }
-        if let Some(o) = f.containing_oneof().filter(|o| !o.is_synthetic()) {
-            if !done_oneofs.insert(o.name().to_owned()) {
-                continue;
-            }
+        if let Some(o) = f.containing_oneof().filter(|o| !o.is_synthetic())
+            && !done_oneofs.insert(o.name().to_owned())
+        {
+            continue;
         }
         msg.set_field(&f, field_value(&f, rng, depth));
     }
@@ -136,6 +192,7 @@ pub fn random_message(desc: &MessageDescriptor, rng: &mut StdRng, depth: usize) 
 pub fn random_json(desc: &MessageDescriptor, rng: &mut StdRng) -> serde_json::Value {
     use prost::Message;
     let msg = random_message(desc, rng, 0);
-    let text = hearthnet_sdk::json::proto_bytes_to_json(desc.full_name(), &msg.encode_to_vec()).expect("pbjson encodes");
+    let text = hearthnet_sdk::json::proto_bytes_to_json(desc.full_name(), &msg.encode_to_vec())
+        .expect("pbjson encodes");
     serde_json::from_str(&text).expect("pbjson output is JSON")
 }

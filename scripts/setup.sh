@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the non-Rust tools the test suite needs, outside the clone:
+#   - Python's jsonschema (independent schema check) in a virtualenv;
+#   - buf (from the @bufbuild/buf npm package, which ships the binary).
+# Idempotent; prints where the tools are. Source of truth for versions: here.
+set -euo pipefail
+TOOLS="${HEARTHNET_TOOLS:-$HOME/.cache/hearthnet/tools}"
+JSONSCHEMA_VERSION="4.26.0"
+BUF_VERSION="1.75.0"
+mkdir -p "$TOOLS"
+
+if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import jsonschema" 2>/dev/null; then
+  echo "setup: installing jsonschema $JSONSCHEMA_VERSION into $TOOLS/venv"
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "jsonschema==$JSONSCHEMA_VERSION"
+fi
+
+if [ ! -x "$TOOLS/npm/node_modules/.bin/buf" ]; then
+  echo "setup: installing @bufbuild/buf $BUF_VERSION into $TOOLS/npm"
+  mkdir -p "$TOOLS/npm"
+  (cd "$TOOLS/npm" && { [ -f package.json ] || echo '{"name":"hearthnet-tools","private":true}' > package.json; } \
+    && npm install --silent --no-audit --no-fund "@bufbuild/buf@$BUF_VERSION")
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  echo "setup: cargo-nextest not found; installing it with cargo"
+  cargo install --locked cargo-nextest
+fi
+echo "setup: tools ready in $TOOLS"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, set-up included. `.ci/run` calls exactly this.
+#   formatting, clippy, every Rust test (nextest + doctests), generated-artefact
+#   drift, our protocol lint, buf lint/build, and the Python jsonschema cross-check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hearthnet/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+TOOLS="${HEARTHNET_TOOLS:-$HOME/.cache/hearthnet/tools}"
+step() { printf '\n== %s\n' "$*"; }
+
+step "setup"
+bash scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo nextest"
+CORPUS_OUT="$(mktemp -d)/differential.json"
+HEARTHNET_CORPUS_OUT="$CORPUS_OUT" cargo nextest run --workspace --locked --no-fail-fast --success-output final --failure-output final \
+  -E 'not test(/differential/)'
+HEARTHNET_CORPUS_OUT="$CORPUS_OUT" cargo nextest run --workspace --locked --success-output immediate -E 'test(/differential/)'
+
+step "doctests"
+cargo test --workspace --locked --doc
+
+step "generated artefacts and protocol lint"
+cargo run --quiet --locked -p hearthnet-codegen -- check
+cargo run --quiet --locked -p hearthnet-codegen -- lint
+EXPORT_DIR="$(mktemp -d)"
+cargo run --quiet --locked -p hearthnet-codegen -- export --out "$EXPORT_DIR"
+for f in descriptor.binpb registry.json reference/capabilities.md schemas/hearthnet.llm.v1.ChatRequest.schema.json; do
+  test -s "$EXPORT_DIR/$f" || { echo "export is missing $f"; exit 1; }
+done
+
+step "buf lint / buf build"
+"$TOOLS/npm/node_modules/.bin/buf" lint protocol
+"$TOOLS/npm/node_modules/.bin/buf" build protocol -o "$EXPORT_DIR/buf-image.binpb"
+
+step "python jsonschema cross-check"
+"$TOOLS/venv/bin/python" scripts/check_schemas.py "$CORPUS_OUT"
+
+printf '\nall checks passed\n'
