@@ -141,7 +141,10 @@ impl Gen<'_> {
         if f.is_list() {
             json!({"type": "array", "items": base})
         } else if f.supports_presence() {
-            json!({"anyOf": [base, {"type": "null"}]})
+            // `null` clears a field with presence. Written as if/else rather
+            // than anyOf so that violations inside the value keep their own
+            // JSON pointers.
+            json!({"if": {"type": "null"}, "else": base})
         } else {
             base
         }
