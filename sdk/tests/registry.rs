@@ -9,11 +9,31 @@ fn every_capability_has_messages_schemas_and_a_hash() {
     let caps = registry::registry();
     assert!(caps.len() >= 10);
     for c in caps {
-        assert!(hearthnet_sdk::json::message_names().contains(&c.request), "{}", c.request);
-        assert!(validate::schema(c.name, Direction::Request).is_some(), "{}", c.name);
-        assert!(validate::schema(c.name, Direction::Response).is_some(), "{}", c.name);
-        assert!(c.schema_hash.starts_with("blake3:") && c.schema_hash.len() == 71, "{}", c.schema_hash);
-        assert!(registry::parse_version(c.version).is_some(), "{}", c.version);
+        assert!(
+            hearthnet_sdk::json::message_names().contains(&c.request),
+            "{}",
+            c.request
+        );
+        assert!(
+            validate::schema(c.name, Direction::Request).is_some(),
+            "{}",
+            c.name
+        );
+        assert!(
+            validate::schema(c.name, Direction::Response).is_some(),
+            "{}",
+            c.name
+        );
+        assert!(
+            c.schema_hash.starts_with("blake3:") && c.schema_hash.len() == 71,
+            "{}",
+            c.schema_hash
+        );
+        assert!(
+            registry::parse_version(c.version).is_some(),
+            "{}",
+            c.version
+        );
     }
     for shape in [Streaming::Unary, Streaming::Server, Streaming::Client] {
         assert!(caps.iter().any(|c| c.streaming == shape), "{shape:?}");
@@ -54,7 +74,11 @@ fn validate_json_reports_every_violation_with_pointers() {
         r#"{"params":{"model":1},"input":{"texts":["a",2],"normalize":"yes"},"x":0}"#,
     )
     .expect_err("invalid");
-    let pointers: Vec<&str> = err.violations().iter().map(|v| v.pointer.as_str()).collect();
+    let pointers: Vec<&str> = err
+        .violations()
+        .iter()
+        .map(|v| v.pointer.as_str())
+        .collect();
     for p in ["/params/model", "/input/texts/1", "/input/normalize", ""] {
         assert!(pointers.contains(&p), "{p} missing from {pointers:?}");
     }
@@ -74,7 +98,10 @@ fn typed_json_conversions_round_trip() {
     let call = CallRequest {
         capability: "llm.chat".into(),
         min_version: "1.0".into(),
-        timestamp: Some(hearthnet_sdk::wkt::Timestamp { seconds: 1_764_000_000, nanos: 0 }),
+        timestamp: Some(hearthnet_sdk::wkt::Timestamp {
+            seconds: 1_764_000_000,
+            nanos: 0,
+        }),
         encoding: PayloadEncoding::Json as i32,
         payload: b"{}".to_vec(),
         ..Default::default()
@@ -86,8 +113,13 @@ fn typed_json_conversions_round_trip() {
     );
     let back: CallRequest = hearthnet_sdk::json::from_json(&text).expect("decodes");
     assert_eq!(back, call);
-    let bytes = hearthnet_sdk::json::json_to_proto_bytes("hearthnet.bus.v1.CallRequest", &text).expect("to proto");
-    let again = hearthnet_sdk::json::proto_bytes_to_json("hearthnet.bus.v1.CallRequest", &bytes).expect("to json");
+    let bytes = hearthnet_sdk::json::json_to_proto_bytes("hearthnet.bus.v1.CallRequest", &text)
+        .expect("to proto");
+    let again = hearthnet_sdk::json::proto_bytes_to_json("hearthnet.bus.v1.CallRequest", &bytes)
+        .expect("to json");
     assert_eq!(again, text);
-    assert!(hearthnet_sdk::json::proto_bytes_to_json("hearthnet.bus.v1.CallRequest", &[0xff, 0xff]).is_err());
+    assert!(
+        hearthnet_sdk::json::proto_bytes_to_json("hearthnet.bus.v1.CallRequest", &[0xff, 0xff])
+            .is_err()
+    );
 }
