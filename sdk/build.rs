@@ -1,7 +1,13 @@
 //! Generates the protocol's Rust code into `OUT_DIR` from `../protocol/proto`.
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto");
+    // HEARTHNET_PROTO_DIR lets a developer build against another copy of the
+    // definitions (e.g. a snapshot while editing); the default is the repo's.
+    println!("cargo:rerun-if-env-changed=HEARTHNET_PROTO_DIR");
+    let root = match std::env::var_os("HEARTHNET_PROTO_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto"),
+    };
     println!("cargo:rerun-if-changed={}", root.display());
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR set by cargo"));
     let protocol = match hearthnet_codegen::Protocol::compile(&root) {
