@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Installs the non-Rust tools the test suite needs, outside the clone:
-#   - Python's jsonschema (independent schema check) in a virtualenv;
+#   - Python's jsonschema (independent schema check), pynacl and blake3
+#     (independent vector check) in a virtualenv;
 #   - buf (from the @bufbuild/buf npm package, which ships the binary).
 # Idempotent; prints where the tools are. Source of truth for versions: here.
 set -euo pipefail
 TOOLS="${HEARTHNET_TOOLS:-$HOME/.cache/hearthnet/tools}"
 JSONSCHEMA_VERSION="4.26.0"
+PYNACL_VERSION="1.6.2"
+BLAKE3_VERSION="1.0.11"
 BUF_VERSION="1.75.0"
 mkdir -p "$TOOLS"
 
-if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import jsonschema" 2>/dev/null; then
-  echo "setup: installing jsonschema $JSONSCHEMA_VERSION into $TOOLS/venv"
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "jsonschema==$JSONSCHEMA_VERSION"
+if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import jsonschema, nacl, blake3" 2>/dev/null; then
+  echo "setup: installing jsonschema $JSONSCHEMA_VERSION, pynacl $PYNACL_VERSION, blake3 $BLAKE3_VERSION into $TOOLS/venv"
+  [ -x "$TOOLS/venv/bin/python" ] || python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "jsonschema==$JSONSCHEMA_VERSION" "pynacl==$PYNACL_VERSION" "blake3==$BLAKE3_VERSION"
 fi
 
 if [ ! -x "$TOOLS/npm/node_modules/.bin/buf" ]; then

@@ -43,4 +43,7 @@ step "buf lint / buf build"
 step "python jsonschema cross-check"
 "$TOOLS/venv/bin/python" scripts/check_schemas.py "$CORPUS_OUT"
 
+step "python identity and signing vectors"
+"$TOOLS/venv/bin/python" examples/python/check_vectors.py
+
 printf '\nall checks passed\n'

@@ -28,8 +28,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod identity;
 pub mod json;
 pub mod registry;
+pub mod replay;
+pub mod signing;
 pub mod validate;
 pub mod wkt;
 
