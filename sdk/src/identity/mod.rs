@@ -53,9 +53,36 @@ pub enum IdError {
     ShortForm(String),
 }
 
-/// A node's (or community root's) public key, the full NodeID.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId([u8; 32]);
+/// A node's (or community root's) public key, the full NodeID. Holds the
+/// decompressed key, so verifying needs no point decompression.
+#[derive(Clone, Copy)]
+pub struct NodeId(ed25519_dalek::VerifyingKey);
+
+impl PartialEq for NodeId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes() == other.0.as_bytes()
+    }
+}
+
+impl Eq for NodeId {}
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state);
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_bytes().cmp(other.0.as_bytes())
+    }
+}
 
 impl NodeId {
     /// Builds a NodeID from raw public key bytes, refusing invalid and small-order keys.
@@ -65,26 +92,24 @@ impl NodeId {
         if key.is_weak() {
             return Err(IdError::WeakKey);
         }
-        Ok(NodeId(bytes))
+        Ok(NodeId(key))
     }
 
     /// The raw 32 public key bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        self.0.as_bytes()
     }
 
-    /// The ed25519-dalek verifying key.
+    /// The ed25519-dalek verifying key (already decompressed).
     pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
-        // Checked in `from_bytes`, the only constructor.
-        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .unwrap_or_else(|_| unreachable!("validated on construction"))
+        self.0
     }
 
     /// The display form `ed25519:XXXX-XXXX-XXXX-XXXX`: RFC 4648 base32
     /// (upper case, no padding) of the first 10 bytes of the public key, in
     /// groups of four (decision 0007). For people, never for authentication.
     pub fn short(&self) -> String {
-        let b32 = data_encoding::BASE32_NOPAD.encode(&self.0[..10]);
+        let b32 = data_encoding::BASE32_NOPAD.encode(&self.as_bytes()[..10]);
         let groups: Vec<&str> = (0..4).map(|i| &b32[i * 4..i * 4 + 4]).collect();
         format!("{ED25519_PREFIX}{}", groups.join("-"))
     }
@@ -92,7 +117,7 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{ED25519_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0))
+        write!(f, "{ED25519_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.as_bytes()))
     }
 }
 
