@@ -12,6 +12,7 @@
 //! | `CLAUSE_ID` | clause ids look like `LLM-001` and are not reused by two capabilities |
 //! | `ERROR_CODE_OPTIONS` | every `ErrorCode` value but 0 has a snake_case wire name, unique |
 //! | `DOCUMENTED` | every message, field, enum, value, service and rpc has a leading comment |
+//! | `ENUM_VALUE_RUST_KEYWORD` | no enum value ends in `_SELF` (pbjson would generate `Enum::Self`, which does not compile) |
 
 use std::collections::BTreeMap;
 
@@ -189,7 +190,8 @@ pub fn lint(p: &Protocol) -> Vec<Finding> {
         }
     }
 
-    // DOCUMENTED
+    // DOCUMENTED (and ENUM_VALUE_RUST_KEYWORD, collected on the way)
+    let mut keyword_values = Vec::new();
     for f in p
         .pool()
         .files()
@@ -214,6 +216,15 @@ pub fn lint(p: &Protocol) -> Vec<Finding> {
             }
         }
         for e in p.pool().all_enums().filter(|e| e.parent_file() == f) {
+            for v in e.values() {
+                let prefix = format!(
+                    "{}_",
+                    heck::ToShoutySnakeCase::to_shouty_snake_case(e.name())
+                );
+                if v.name().strip_prefix(&prefix).unwrap_or(v.name()) == "SELF" {
+                    keyword_values.push((crate::location(&f, v.path()), v.full_name().to_owned()));
+                }
+            }
             check(e.path(), format!("enum {}", e.full_name()));
             for v in e.values() {
                 check(v.path(), format!("enum value {}", v.full_name()));
@@ -225,6 +236,15 @@ pub fn lint(p: &Protocol) -> Vec<Finding> {
                 check(m.path(), format!("rpc {}", m.full_name()));
             }
         }
+    }
+    for (location, name) in keyword_values {
+        out.push(Finding {
+            location,
+            rule: "ENUM_VALUE_RUST_KEYWORD",
+            message: format!(
+                "{name}: a value named SELF becomes the Rust keyword `Self`; pick another word"
+            ),
+        });
     }
     out.sort_by(|a, b| a.location.cmp(&b.location).then(a.message.cmp(&b.message)));
     out

@@ -101,10 +101,12 @@ fn streaming_option_must_agree_with_the_rpc() {
 #[test]
 fn lint_finds_bad_names_missing_docs_and_bare_rpcs() {
     let src = common::area("string", false, "// Other.\nservice OtherService {\n  // Bare.\n  rpc Bare(BareRequest) returns (BareResponse);\n}\n// Req.\nmessage BareRequest {\n  string undocumented = 1;\n}\n// Resp.\nmessage BareResponse {}\n")
-        .replace("name: \"demo.echo\"", "name: \"Demo.Echo\"");
+        .replace("name: \"demo.echo\"", "name: \"Demo.Echo\"")
+    .replace("KIND_B = 2", "KIND_SELF = 2");
     let dir = common::fixture(&[("hearthnet/demo/v1/demo.proto", &src)]);
     let findings = lint::lint(&Protocol::compile(dir.path()).expect("compiles"));
     let rules: Vec<&str> = findings.iter().map(|f| f.rule).collect();
+    assert!(rules.contains(&"ENUM_VALUE_RUST_KEYWORD"), "{findings:?}");
     assert!(rules.contains(&"CAPABILITY_NAME"), "{findings:?}");
     assert!(rules.contains(&"CAPABILITY_REQUIRED"), "{findings:?}");
     let doc = findings

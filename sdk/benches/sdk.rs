@@ -25,24 +25,29 @@ fn request() -> ChatRequest {
         params: Some(ChatParams {
             model: "smollm2-135m-instruct".into(),
             ctx: Some(2048),
+            ..Default::default()
         }),
         input: Some(ChatInput {
             messages: vec![
                 ChatMessage {
                     role: Role::System as i32,
                     content: "You are a helpful neighbourhood assistant. Answer briefly.".into(),
+                    ..Default::default()
                 },
                 ChatMessage {
                     role: Role::User as i32,
                     content: long.repeat(5),
+                    ..Default::default()
                 },
                 ChatMessage {
                     role: Role::Assistant as i32,
                     content: "Sure - what would you like to know about it?".into(),
+                    ..Default::default()
                 },
                 ChatMessage {
                     role: Role::User as i32,
                     content: "Who should I ask about the keys to the shed?".into(),
+                    ..Default::default()
                 },
             ],
             max_tokens: Some(256),
@@ -51,6 +56,7 @@ fn request() -> ChatRequest {
             stop: vec!["</s>".into()],
             seed: Some(42),
             stream: Some(true),
+            ..Default::default()
         }),
     }
 }

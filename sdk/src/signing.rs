@@ -155,13 +155,19 @@ pub fn verify_input(signer: &NodeId, input: &[u8], signature: &[u8]) -> Result<(
 /// multiscalar multiplication; all-or-nothing). On failure, verify one by one
 /// to find the culprit. Weak keys are refused by [`NodeId`] already.
 pub fn verify_envelopes_batch(items: &[(NodeId, Domain, &[u8], &[u8])]) -> Result<(), VerifyError> {
-    let inputs: Vec<Vec<u8>> = items.iter().map(|(_, d, p, _)| envelope_input(*d, p)).collect();
+    let inputs: Vec<Vec<u8>> = items
+        .iter()
+        .map(|(_, d, p, _)| envelope_input(*d, p))
+        .collect();
     let mut sigs = Vec::with_capacity(items.len());
     for (_, _, _, s) in items {
-        let bytes: [u8; 64] = (*s).try_into().map_err(|_| VerifyError::BadLength(s.len()))?;
+        let bytes: [u8; 64] = (*s)
+            .try_into()
+            .map_err(|_| VerifyError::BadLength(s.len()))?;
         sigs.push(ed25519_dalek::Signature::from_bytes(&bytes));
     }
-    let keys: Vec<ed25519_dalek::VerifyingKey> = items.iter().map(|(k, ..)| k.verifying_key()).collect();
+    let keys: Vec<ed25519_dalek::VerifyingKey> =
+        items.iter().map(|(k, ..)| k.verifying_key()).collect();
     let msgs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     ed25519_dalek::verify_batch(&msgs, &sigs, &keys).map_err(|_| VerifyError::BadSignature)
 }
@@ -352,12 +358,23 @@ mod tests {
     fn batch_verification_accepts_good_and_refuses_one_bad() {
         let keys: Vec<SecretKey> = (0..8u8).map(|i| SecretKey::from_seed([i; 32])).collect();
         let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 100]).collect();
-        let sigs: Vec<[u8; 64]> = keys.iter().zip(&payloads).map(|(k, p)| sign_envelope(k, Domain::Event, p)).collect();
-        let mut items: Vec<(NodeId, Domain, &[u8], &[u8])> =
-            keys.iter().zip(&payloads).zip(&sigs).map(|((k, p), s)| (k.node_id(), Domain::Event, p.as_slice(), s.as_slice())).collect();
+        let sigs: Vec<[u8; 64]> = keys
+            .iter()
+            .zip(&payloads)
+            .map(|(k, p)| sign_envelope(k, Domain::Event, p))
+            .collect();
+        let mut items: Vec<(NodeId, Domain, &[u8], &[u8])> = keys
+            .iter()
+            .zip(&payloads)
+            .zip(&sigs)
+            .map(|((k, p), s)| (k.node_id(), Domain::Event, p.as_slice(), s.as_slice()))
+            .collect();
         assert_eq!(verify_envelopes_batch(&items), Ok(()));
         items[5].1 = Domain::Claim;
-        assert_eq!(verify_envelopes_batch(&items), Err(VerifyError::BadSignature));
+        assert_eq!(
+            verify_envelopes_batch(&items),
+            Err(VerifyError::BadSignature)
+        );
     }
 
     #[test]

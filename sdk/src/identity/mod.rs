@@ -117,7 +117,11 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{ED25519_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.as_bytes()))
+        write!(
+            f,
+            "{ED25519_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(self.as_bytes())
+        )
     }
 }
 

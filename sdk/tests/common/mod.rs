@@ -161,6 +161,20 @@ pub fn random_message(desc: &MessageDescriptor, rng: &mut StdRng, depth: usize) 
             );
             return msg;
         }
+        "google.protobuf.Value" => {
+            // A Value must hold exactly one kind (an unset kind has no JSON form).
+            // JSON null is left out: pbjson_types reads it as a Value with no kind,
+            // prost-reflect as `null_value` (see docs/differential.md).
+            match rng.random_range(1..4) {
+                1 => msg.set_field_by_name(
+                    "number_value",
+                    Value::F64(*[0.5, -3.0, 1e10].choose(rng).expect("non-empty")),
+                ),
+                2 => msg.set_field_by_name("string_value", Value::String(random_string(rng))),
+                _ => msg.set_field_by_name("bool_value", Value::Bool(rng.random())),
+            }
+            return msg;
+        }
         "google.protobuf.Duration" => {
             msg.set_field_by_name(
                 "seconds",
