@@ -14,10 +14,12 @@ import struct
 import sys
 
 import blake3
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-VECTORS = pathlib.Path(__file__).resolve().parents[2] / "protocol" / "vectors"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+VECTORS = ROOT / "protocol" / "vectors"
 MAGIC = b"HEARTHNET-SIG-V1\x00"
 failures = []
 
@@ -110,8 +112,147 @@ def check_signatures():
     return len(f["vectors"])
 
 
+_pool = None
+
+
+def message_class(name):
+    """A Python class for a protocol message, built from the published descriptor set."""
+    global _pool
+    if _pool is None:
+        fds = descriptor_pb2.FileDescriptorSet.FromString((ROOT / "protocol" / "generated" / "descriptor.binpb").read_bytes())
+        _pool = descriptor_pool.DescriptorPool()
+        for f in fds.file:
+            _pool.Add(f)
+    return message_factory.GetMessageClass(_pool.FindMessageTypeByName(name))
+
+
+def b64url_decode(s):
+    if "=" in s:
+        raise ValueError("padding")
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def parse_node_id(text):
+    if not text.startswith("ed25519:"):
+        raise ValueError("prefix")
+    raw = b64url_decode(text[len("ed25519:"):])
+    if len(raw) != 32:
+        raise ValueError("length")
+    return raw
+
+
+def verify_envelope(pk, domain, payload, sig):
+    if len(sig) != 64:
+        raise ValueError("signature length")
+    VerifyKey(pk).verify(signing_input(domain, [blake3.blake3(payload).digest()]), sig)
+
+
+def split_text(scheme, text, max_len):
+    if len(text) > max_len or not text.startswith(scheme) or "." not in text[len(scheme):]:
+        raise ValueError("malformed")
+    p, s = text[len(scheme):].split(".", 1)
+    return b64url_decode(p), b64url_decode(s)
+
+
+def token_verdict(v, audience, revoked):
+    try:
+        payload, sig = split_text("hntoken://v1/", v["text"], 800)
+        claims = message_class("hearthnet.auth.v1.CapabilityToken").FromString(payload)
+        pk = parse_node_id(claims.iss)
+        if len(sig) != 64:
+            return "bad_request"
+    except Exception:
+        return "bad_request"
+    try:
+        verify_envelope(pk, "auth.token", payload, sig)
+    except BadSignatureError:
+        return "token_invalid"
+    now = v["now"]
+    if now >= claims.exp:
+        return "token_expired"
+    if now < (claims.nbf or claims.iat):
+        return "token_expired"
+    if claims.aud and claims.aud != audience:
+        return "unauthorized"
+    if claims.jti in revoked:
+        return "token_revoked"
+    return None
+
+
+def invite_verdict(v):
+    try:
+        payload, sig = split_text("hearthnet://v1/", v["text"], 500)
+        inv = message_class("hearthnet.identity.v1.Invite").FromString(payload)
+        pk = parse_node_id(inv.inviter_node_id)
+    except Exception:
+        return "bad_request"
+    try:
+        verify_envelope(pk, "community.invite", payload, sig)
+    except (BadSignatureError, ValueError):
+        return "invalid_signature"
+    if v["now"] >= inv.expires_at.seconds:
+        return "expired"
+    if inv.invitee_node_id != v["us"]:
+        return "unauthorized"
+    return None
+
+
+def open_envelope(e, domain, message):
+    if e["domain"] != domain:
+        raise BadSignatureError("domain")
+    pk = parse_node_id(e["signer"])
+    payload = bytes.fromhex(e["payload_hex"])
+    verify_envelope(pk, domain, payload, bytes.fromhex(e["signature_hex"]))
+    return message_class(message).FromString(payload)
+
+
+def node_manifest_verdict(v):
+    try:
+        m = open_envelope(v["envelope"], "node.manifest", "hearthnet.identity.v1.NodeManifest")
+    except (BadSignatureError, ValueError):
+        return "invalid_signature"
+    if m.node_id != v["envelope"]["signer"]:
+        return "invalid_signature"
+    iat, exp, now = m.issued_at.seconds, m.expires_at.seconds, v["now"]
+    if iat > now + 120 or exp <= iat or exp - iat > 30:
+        return "bad_request"
+    if now >= exp:
+        return "expired"
+    return None
+
+
+def community_manifest_verdict(v):
+    try:
+        m = open_envelope(v["envelope"], "community.manifest", "hearthnet.identity.v1.CommunityManifest")
+    except (BadSignatureError, ValueError):
+        return "invalid_signature"
+    signer = v["envelope"]["signer"]
+    anchor = 3  # MEMBER_LEVEL_ANCHOR
+    ok = m.community_id == signer or any(x.node_id == signer and x.level == anchor for x in m.members)
+    if not ok or any(r.node_id == signer for r in m.revoked):
+        return "unauthorized"
+    return None
+
+
+def check_records():
+    f = json.loads((VECTORS / "records" / "records.json").read_text())
+    revoked = set(f["revoked_jtis"])
+    for v in f["vectors"]:
+        kind = v["kind"]
+        if kind == "token":
+            got = token_verdict(v, f["audience"], revoked)
+        elif kind == "invite":
+            got = invite_verdict(v)
+        elif kind == "node_manifest":
+            got = node_manifest_verdict(v)
+        else:
+            got = community_manifest_verdict(v)
+        expect(got == v["error"] and (got is None) == v["valid"], f"{v['name']}: python says {got}, file says {v['error']}")
+    return len(f["vectors"])
+
+
 def main():
-    n = check_keys() + check_cids() + check_signatures()
+    n = check_keys() + check_cids() + check_signatures() + check_records()
     for f in failures:
         print("MISMATCH:", f)
     print(f"python vectors: {n - len(failures)} passed, {len(failures)} failed")

@@ -28,11 +28,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod envelope;
 pub mod identity;
 pub mod json;
+pub mod records;
 pub mod registry;
 pub mod replay;
 pub mod signing;
+pub mod token;
 pub mod validate;
 pub mod wkt;
 
