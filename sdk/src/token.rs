@@ -62,6 +62,12 @@ pub enum TokenError {
     /// It does not cover the call.
     #[error("token does not cover {0}")]
     ScopeInsufficient(String),
+    /// The issuer is not a member of the audience community.
+    #[error("issuer {0} is not a member of the community")]
+    IssuerNotMember(String),
+    /// The issuer's NodeID is revoked in the community.
+    #[error("issuer {0} is revoked")]
+    IssuerRevoked(String),
     /// Issuing was refused (lifetime, size, issuer).
     #[error("cannot issue token: {0}")]
     Issue(String),
@@ -74,7 +80,10 @@ impl TokenError {
             TokenError::Malformed(_) | TokenError::Issue(_) => ErrorCode::BadRequest,
             TokenError::BadSignature => ErrorCode::TokenInvalid,
             TokenError::Expired { .. } | TokenError::NotYetValid { .. } => ErrorCode::TokenExpired,
-            TokenError::WrongAudience { .. } => ErrorCode::Unauthorized,
+            TokenError::WrongAudience { .. } | TokenError::IssuerNotMember(_) => {
+                ErrorCode::Unauthorized
+            }
+            TokenError::IssuerRevoked(_) => ErrorCode::Revoked,
             TokenError::Revoked(_) => ErrorCode::TokenRevoked,
             TokenError::ScopeInsufficient(_) => ErrorCode::TokenScopeInsufficient,
         }
@@ -191,6 +200,26 @@ pub fn verify(
         return Err(TokenError::Revoked(claims.jti.clone()));
     }
     Ok(VerifiedToken { claims, issuer })
+}
+
+/// [`verify`] against a community manifest: the audience is the community, and
+/// the issuer must be a member that is not revoked (`token_issuer_revoked` maps
+/// to `revoked`).
+pub fn verify_in_community(
+    text: &str,
+    now: i64,
+    community: &crate::proto::hearthnet::identity::v1::CommunityManifest,
+    revoked: &RevocationList,
+) -> Result<VerifiedToken, TokenError> {
+    let t = verify(text, now, &community.community_id, revoked)?;
+    let iss = t.issuer.to_string();
+    if community.revoked.iter().any(|r| r.node_id == iss) {
+        return Err(TokenError::IssuerRevoked(iss));
+    }
+    if community.community_id != iss && !community.members.iter().any(|m| m.node_id == iss) {
+        return Err(TokenError::IssuerNotMember(iss));
+    }
+    Ok(t)
 }
 
 impl VerifiedToken {
@@ -328,6 +357,33 @@ mod tests {
         assert_eq!(
             code(verify("hntoken://v1/", now, "x", &rl)),
             Err(ErrorCode::BadRequest)
+        );
+        // Issuer membership in the audience community.
+        use crate::proto::hearthnet::identity::v1::{CommunityManifest, Member, RevokedMember};
+        let mut community = CommunityManifest {
+            community_id: "ed25519:community".into(),
+            ..Default::default()
+        };
+        let fresh = RevocationList::new();
+        assert_eq!(
+            code(verify_in_community(&t, now, &community, &fresh)),
+            Err(ErrorCode::Unauthorized)
+        );
+        community.members.push(Member {
+            node_id: key.node_id().to_string(),
+            ..Default::default()
+        });
+        assert_eq!(
+            code(verify_in_community(&t, now, &community, &fresh)),
+            Ok(())
+        );
+        community.revoked.push(RevokedMember {
+            node_id: key.node_id().to_string(),
+            revoked_at: None,
+        });
+        assert_eq!(
+            code(verify_in_community(&t, now, &community, &fresh)),
+            Err(ErrorCode::Revoked)
         );
         let mut long = claims(now);
         long.exp = now + TOKEN_MAX_TTL_SECONDS + 1;
