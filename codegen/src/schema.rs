@@ -9,7 +9,8 @@
 //! * 32-bit integers: JSON integers in range, or decimal strings in range;
 //!   64-bit integers the same (strings keep full precision in JavaScript);
 //! * `float`/`double`: numbers, or strings such as `"NaN"`, `"Infinity"`, `"1.5"`;
-//! * `bytes`: standard or URL-safe base64, padding optional;
+//! * `bytes`: standard or URL-safe base64, padding optional (one `=` after two
+//!   symbols is accepted too, as the decoder does);
 //! * enums: value names, or the numbers of known values;
 //! * `null` only where the field has presence (messages, `optional`, oneof members);
 //! * at most one member of a `oneof`;
@@ -23,17 +24,19 @@ use serde_json::{Map, Value, json};
 /// `$schema` of every generated schema.
 pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
 
-/// Base64 (standard alphabet or URL-safe alphabet, padding optional, canonical trailing bits).
+/// Base64 (standard alphabet or URL-safe alphabet, canonical trailing bits;
+/// padding optional, and the decoder also takes one `=` after two symbols).
 pub const BASE64_PATTERN: &str = concat!(
-    "^(?:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?",
-    "|(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-][AQgw](?:==)?|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048]=?)?)$"
+    "^(?:(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw](?:==?)?|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)?",
+    "|(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-][AQgw](?:==?)?|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048]=?)?)$"
 );
 
 /// A float written as a string.
 pub const FLOAT_STRING_PATTERN: &str = "^[+-]?(?:[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN]|(?:[0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(?:[eE][+-]?[0-9]+)?)$";
 
-/// RFC 3339 timestamp as used by proto3 JSON.
-pub const TIMESTAMP_PATTERN: &str = "^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$";
+/// RFC 3339 timestamp as used by proto3 JSON: years 0001-9999, days valid
+/// for their month (29 February only in leap years), `T`, and `Z` or an offset.
+pub const TIMESTAMP_PATTERN: &str = "^(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$|^(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26]|0[48])00)-02-29T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$";
 
 /// Duration as used by proto3 JSON.
 pub const DURATION_PATTERN: &str = "^-?[0-9]+(?:\\.[0-9]{1,9})?s$";
@@ -338,10 +341,12 @@ mod tests {
     #[test]
     fn base64_pattern_accepts_canonical_only() {
         let re = Regex::new(BASE64_PATTERN).expect("regex");
-        for ok in ["", "QQ", "QQ==", "QUI", "QUI=", "QUJD", "-_-_", "+/+/"] {
+        for ok in [
+            "", "QQ", "QQ=", "QQ==", "QUI", "QUI=", "QUJD", "-_-_", "+/+/",
+        ] {
             assert!(re.is_match(ok), "{ok}");
         }
-        for bad in ["Q", "QR", "QUJ", "QQ=", "+_+_", "QUJD=", "a b"] {
+        for bad in ["Q", "QR", "QUJ", "QQ===", "QUI==", "+_+_", "QUJD=", "a b"] {
             assert!(!re.is_match(bad), "{bad}");
         }
     }

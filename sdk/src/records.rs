@@ -220,7 +220,8 @@ pub fn verify_community_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::hearthnet::identity::v1::{Member, NodeEndpoint};
+    use crate::proto::hearthnet::common::v1::Endpoint;
+    use crate::proto::hearthnet::identity::v1::Member;
 
     #[test]
     fn invites_verify_redeem_and_refuse() {
@@ -232,7 +233,7 @@ mod tests {
             community_name: "Niederrhein Demo".into(),
             invitee_node_id: invitee.to_string(),
             initial_level: MemberLevel::Member as i32,
-            bootstrap_endpoints: vec![NodeEndpoint {
+            bootstrap_endpoints: vec![Endpoint {
                 transport: "grpc".into(),
                 host: "192.0.2.10".into(),
                 port: 7080,

@@ -125,3 +125,14 @@ fn typed_json_conversions_round_trip() {
             .is_err()
     );
 }
+
+#[test]
+fn the_timestamp_decoder_uses_the_schema_pattern() {
+    let schema = validate::message_schema("hearthnet.bus.v1.CallRequest").expect("schema");
+    let ts = &schema["properties"]["timestamp"];
+    let pattern = ts["else"]["pattern"]
+        .as_str()
+        .or_else(|| ts["pattern"].as_str())
+        .expect("pattern");
+    assert_eq!(pattern, hearthnet_sdk::wkt::TIMESTAMP_PATTERN);
+}

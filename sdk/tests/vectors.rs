@@ -123,18 +123,11 @@ fn signatures_file() -> Value {
     let mut out = Vec::new();
     let payload = b"\x08\x01\x12\x0bhello world".to_vec();
     let h = blake3::hash(&payload).as_bytes().to_vec();
-    for d in [
-        Domain::NodeManifest,
-        Domain::CommunityManifest,
-        Domain::Invite,
-        Domain::CapabilityToken,
-        Domain::Event,
-        Domain::FederationManifest,
-        Domain::Claim,
-        Domain::Attestation,
-        Domain::AuditBatch,
-        Domain::ConformanceReport,
-    ] {
+    // Every envelope domain (all but calls and stream ends, which have field lists).
+    for d in Domain::ALL
+        .into_iter()
+        .filter(|d| !matches!(d, Domain::BusCall | Domain::StreamDone))
+    {
         let sig = signing::sign_envelope(&key, d, &payload);
         out.push(sig_vector(
             &format!("envelope/{}", d.name()),
