@@ -30,6 +30,7 @@ cargo test --workspace --locked --doc
 step "generated artefacts and protocol lint"
 cargo run --quiet --locked -p hearthnet-codegen -- check
 cargo run --quiet --locked -p hearthnet-codegen -- lint
+cargo run --quiet --locked -p hearthnet-codegen -- breaking --against protocol/baseline/descriptor.binpb
 EXPORT_DIR="$(mktemp -d)"
 cargo run --quiet --locked -p hearthnet-codegen -- export --out "$EXPORT_DIR"
 for f in descriptor.binpb registry.json reference/capabilities.md schemas/hearthnet.llm.v1.ChatRequest.schema.json; do

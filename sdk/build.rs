@@ -9,6 +9,12 @@ fn main() {
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto"),
     };
     println!("cargo:rerun-if-changed={}", root.display());
+    if let Some(dir) = root.parent() {
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("constants.json").display()
+        );
+    }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR set by cargo"));
     let protocol = match hearthnet_codegen::Protocol::compile(&root) {
         Ok(p) => p,

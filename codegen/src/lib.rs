@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use prost_reflect::DescriptorPool;
 
 pub mod breaking;
+pub mod constants;
 pub mod docs;
 pub mod lint;
 pub mod registry;
@@ -83,6 +84,7 @@ impl Error {
 pub struct Protocol {
     pool: DescriptorPool,
     fds: Vec<u8>,
+    constants: Vec<constants::Constant>,
 }
 
 /// Root package prefix of everything HearthNet defines.
@@ -109,7 +111,16 @@ impl Protocol {
         }
         let fds = compiler.encode_file_descriptor_set();
         let pool = compiler.descriptor_pool();
-        let protocol = Protocol { pool, fds };
+        // `constants.json` sits beside the buf module root (`protocol/`).
+        let constants = match root.parent() {
+            Some(dir) => constants::load(&dir.join("constants.json"))?,
+            None => Vec::new(),
+        };
+        let protocol = Protocol {
+            pool,
+            fds,
+            constants,
+        };
         protocol.check_options()?;
         Ok(protocol)
     }
@@ -120,6 +131,7 @@ impl Protocol {
         Ok(Protocol {
             pool,
             fds: bytes.to_vec(),
+            constants: Vec::new(),
         })
     }
 
@@ -136,6 +148,11 @@ impl Protocol {
     /// `blake3:` + hex of the descriptor set; identifies a protocol build.
     pub fn descriptor_hash(&self) -> String {
         format!("blake3:{}", blake3::hash(&self.fds).to_hex())
+    }
+
+    /// The protocol constants (empty when built from a descriptor set).
+    pub fn constants(&self) -> &[constants::Constant] {
+        &self.constants
     }
 
     /// Every capability, sorted by name.

@@ -44,6 +44,7 @@ pub fn generate(p: &Protocol, out_dir: &Path) -> Result<(), Error> {
     write("registry.rs", registry_table(p))?;
     write("dispatch.rs", dispatch(p))?;
     write("schemas.rs", schemas_table(p))?;
+    write("constants.rs", crate::constants::rust(p.constants()))?;
     let path = out_dir.join("descriptor.binpb");
     std::fs::write(&path, p.descriptor_set()).map_err(|e| Error::io(path, e))?;
     Ok(())

@@ -62,7 +62,7 @@ fn syntax_errors_name_file_line_and_column() {
         "hearthnet/demo/v1/demo.proto",
         "syntax = \"proto3\";\npackage hearthnet.demo.v1;\nmessage A {\n  string x = ;\n}\n",
     )]);
-    let err = Protocol::compile(dir.path()).expect_err("must fail");
+    let err = Protocol::compile(dir.path().join("proto")).expect_err("must fail");
     let text = err.to_string();
     assert!(matches!(err, Error::Proto { .. }), "{err:?}");
     assert!(text.contains("hearthnet/demo/v1/demo.proto:4:"), "{text}");
@@ -75,11 +75,58 @@ fn unknown_declared_error_codes_are_rejected_with_their_location() {
         "min_trust: TRUST_LEVEL_MEMBER errors: [\"no_such_code\"] }",
     );
     let dir = common::fixture(&[("hearthnet/demo/v1/demo.proto", &src)]);
-    let err = Protocol::compile(dir.path()).expect_err("must fail");
+    let err = Protocol::compile(dir.path().join("proto")).expect_err("must fail");
     let text = err.to_string();
     assert!(
         text.contains("no_such_code") && text.contains("hearthnet/demo/v1/demo.proto:8:"),
         "{text}"
+    );
+}
+
+#[test]
+fn constants_are_checked_and_generated() {
+    let good = r#"{"constants": [{"name": "DEMO_TTL_SECONDS", "value": 30, "unit": "seconds", "phase": 1, "area": "demo", "description": "A TTL.", "source": "test"}]}"#;
+    let dir = common::fixture(&[
+        (
+            "hearthnet/demo/v1/demo.proto",
+            &common::area("string", false, ""),
+        ),
+        ("../constants.json", good),
+    ]);
+    let p = Protocol::compile(dir.path().join("proto")).expect("compiles");
+    assert_eq!(p.constants().len(), 1);
+    assert!(
+        hearthnet_codegen::constants::rust(p.constants())
+            .contains("pub const DEMO_TTL_SECONDS: i64 = 30;")
+    );
+    assert!(
+        p.artefacts()["reference/constants.md"]
+            .windows(16)
+            .any(|w| w == b"DEMO_TTL_SECONDS")
+    );
+    let bad = "{\"constants\": [\n  {\"name\": \"x\"\n";
+    let dir = common::fixture(&[
+        (
+            "hearthnet/demo/v1/demo.proto",
+            &common::area("string", false, ""),
+        ),
+        ("../constants.json", bad),
+    ]);
+    let err = Protocol::compile(dir.path().join("proto")).expect_err("bad JSON");
+    assert!(err.to_string().contains("constants.json:3:"), "{err}");
+    let unit = good.replace("seconds\"", "parsecs\"");
+    let dir = common::fixture(&[
+        (
+            "hearthnet/demo/v1/demo.proto",
+            &common::area("string", false, ""),
+        ),
+        ("../constants.json", &unit),
+    ]);
+    assert!(
+        Protocol::compile(dir.path().join("proto"))
+            .expect_err("bad unit")
+            .to_string()
+            .contains("unknown unit `parsecs`")
     );
 }
 
@@ -90,7 +137,7 @@ fn streaming_option_must_agree_with_the_rpc() {
         "min_trust: TRUST_LEVEL_MEMBER streaming: STREAMING_SERVER }",
     );
     let dir = common::fixture(&[("hearthnet/demo/v1/demo.proto", &src)]);
-    let err = Protocol::compile(dir.path()).expect_err("must fail");
+    let err = Protocol::compile(dir.path().join("proto")).expect_err("must fail");
     assert!(
         err.to_string()
             .contains("declares streaming `server` but the rpc is `unary`"),
@@ -104,7 +151,7 @@ fn lint_finds_bad_names_missing_docs_and_bare_rpcs() {
         .replace("name: \"demo.echo\"", "name: \"Demo.Echo\"")
     .replace("KIND_B = 2", "KIND_SELF = 2");
     let dir = common::fixture(&[("hearthnet/demo/v1/demo.proto", &src)]);
-    let findings = lint::lint(&Protocol::compile(dir.path()).expect("compiles"));
+    let findings = lint::lint(&Protocol::compile(dir.path().join("proto")).expect("compiles"));
     let rules: Vec<&str> = findings.iter().map(|f| f.rule).collect();
     assert!(rules.contains(&"ENUM_VALUE_RUST_KEYWORD"), "{findings:?}");
     assert!(rules.contains(&"CAPABILITY_NAME"), "{findings:?}");
@@ -121,7 +168,7 @@ fn lint_finds_bad_names_missing_docs_and_bare_rpcs() {
 
 fn compile(src: &str) -> Protocol {
     let dir = common::fixture(&[("hearthnet/demo/v1/demo.proto", src)]);
-    Protocol::compile(dir.path()).expect("compiles")
+    Protocol::compile(dir.path().join("proto")).expect("compiles")
 }
 
 fn rules(old: &Protocol, new: &Protocol) -> Vec<&'static str> {

@@ -28,6 +28,11 @@
 
 #![forbid(unsafe_code)]
 
+/// Protocol constants generated from `protocol/constants.json`.
+#[allow(clippy::all)]
+pub mod constants {
+    include!(concat!(env!("OUT_DIR"), "/constants.rs"));
+}
 pub mod envelope;
 pub mod identity;
 pub mod json;

@@ -13,15 +13,16 @@ use crate::wkt::Timestamp;
 /// URI scheme of invites.
 pub const INVITE_SCHEME: &str = "hearthnet://v1/";
 /// Longest accepted invite text (QR at ECC level M).
-pub const INVITE_MAX_BYTES: usize = 500;
+pub const INVITE_MAX_BYTES: usize = crate::constants::INVITE_MAX_BYTES as usize;
 /// Default invite lifetime, seconds.
-pub const INVITE_TTL_SECONDS: i64 = 86_400;
+pub const INVITE_TTL_SECONDS: i64 = crate::constants::INVITE_DEFAULT_TTL_SECONDS;
 /// Node manifest lifetime, seconds (`MANIFEST_TTL_SECONDS`).
-pub const MANIFEST_TTL_SECONDS: i64 = 30;
+pub const MANIFEST_TTL_SECONDS: i64 = crate::constants::MANIFEST_TTL_SECONDS;
 /// How often a node re-issues its manifest, seconds.
-pub const MANIFEST_REPUBLISH_INTERVAL_SECONDS: i64 = 20;
+pub const MANIFEST_REPUBLISH_INTERVAL_SECONDS: i64 =
+    crate::constants::MANIFEST_REPUBLISH_INTERVAL_SECONDS;
 /// Accepted clock skew for `issued_at` in the future, seconds.
-pub const CLOCK_SKEW_SECONDS: i64 = 120;
+pub const CLOCK_SKEW_SECONDS: i64 = crate::constants::REPLAY_WINDOW_SECONDS;
 
 /// Why an invite or manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::collections::{HashSet, VecDeque};
 
 /// The accepted clock skew, in seconds, either way.
-pub const REPLAY_WINDOW_SECONDS: i64 = 120;
+pub const REPLAY_WINDOW_SECONDS: i64 = crate::constants::REPLAY_WINDOW_SECONDS;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,11 +16,11 @@ use crate::signing::{self, Domain};
 /// URI scheme of tokens.
 pub const TOKEN_SCHEME: &str = "hntoken://v1/";
 /// Longest accepted token text (fits a QR code at ECC level M).
-pub const TOKEN_MAX_BYTES: usize = 800;
+pub const TOKEN_MAX_BYTES: usize = crate::constants::TOKEN_MAX_BYTES as usize;
 /// Default lifetime, seconds (`TOKEN_DEFAULT_TTL_SECONDS`).
-pub const TOKEN_DEFAULT_TTL_SECONDS: i64 = 3600;
+pub const TOKEN_DEFAULT_TTL_SECONDS: i64 = crate::constants::TOKEN_DEFAULT_TTL_SECONDS;
 /// Longest lifetime, seconds (`TOKEN_MAX_TTL_SECONDS`).
-pub const TOKEN_MAX_TTL_SECONDS: i64 = 86_400;
+pub const TOKEN_MAX_TTL_SECONDS: i64 = crate::constants::TOKEN_MAX_TTL_SECONDS;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -13,15 +13,20 @@ pub fn protocol() -> hearthnet_codegen::Protocol {
     hearthnet_codegen::Protocol::compile(repo().join("protocol/proto")).expect("protocol compiles")
 }
 
-/// A temporary buf module holding our options.proto plus `files`.
+/// A temporary protocol folder: `proto/` (the buf module root, passed to
+/// `Protocol::compile(dir.path().join("proto"))`) holding our options.proto plus
+/// `files`; paths in `files` starting with `../` land beside `proto/`.
 pub fn fixture(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = repo().join("protocol/proto/hearthnet/options/v1/options.proto");
-    let dest = dir.path().join("hearthnet/options/v1");
+    let dest = dir.path().join("proto/hearthnet/options/v1");
     std::fs::create_dir_all(&dest).expect("mkdir");
     std::fs::copy(opts, dest.join("options.proto")).expect("copy options");
     for (path, text) in files {
-        let p = dir.path().join(path);
+        let p = match path.strip_prefix("../") {
+            Some(beside) => dir.path().join(beside),
+            None => dir.path().join("proto").join(path),
+        };
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(p, text).expect("write");
     }
