@@ -27,7 +27,7 @@ pub fn reference(p: &Protocol) -> BTreeMap<String, String> {
             .push(m);
     }
     let mut index = format!("{STAMP}# HearthNet protocol reference\n\n");
-    index.push_str("- [Capabilities](capabilities.md)\n- [Events](events.md)\n- [Error codes](errors.md)\n- [Constants](constants.md)\n\n## Packages\n\n");
+    index.push_str("- [Capabilities](capabilities.md)\n- [Events](events.md)\n- [Error codes](errors.md)\n- [Constants](constants.md)\n- [Seed coverage](coverage.md)\n\n## Packages\n\n");
     for (pkg, msgs) in &packages {
         let _ = writeln!(index, "- [`{pkg}`](packages/{pkg}.md)");
         out.insert(format!("packages/{pkg}.md"), package(p, pkg, msgs));

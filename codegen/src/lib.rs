@@ -26,6 +26,7 @@ use prost_reflect::DescriptorPool;
 
 pub mod breaking;
 pub mod constants;
+pub mod coverage;
 pub mod docs;
 pub mod lint;
 pub mod registry;
@@ -85,6 +86,7 @@ pub struct Protocol {
     pool: DescriptorPool,
     fds: Vec<u8>,
     constants: Vec<constants::Constant>,
+    coverage: Vec<coverage::Entry>,
 }
 
 /// Root package prefix of everything HearthNet defines.
@@ -111,15 +113,19 @@ impl Protocol {
         }
         let fds = compiler.encode_file_descriptor_set();
         let pool = compiler.descriptor_pool();
-        // `constants.json` sits beside the buf module root (`protocol/`).
-        let constants = match root.parent() {
-            Some(dir) => constants::load(&dir.join("constants.json"))?,
-            None => Vec::new(),
+        // `constants.json` and `coverage.json` sit beside the buf module root (`protocol/`).
+        let (constants, coverage) = match root.parent() {
+            Some(dir) => (
+                constants::load(&dir.join("constants.json"))?,
+                coverage::load(&dir.join("coverage.json"))?,
+            ),
+            None => (Vec::new(), Vec::new()),
         };
         let protocol = Protocol {
             pool,
             fds,
             constants,
+            coverage,
         };
         protocol.check_options()?;
         Ok(protocol)
@@ -132,6 +138,7 @@ impl Protocol {
             pool,
             fds: bytes.to_vec(),
             constants: Vec::new(),
+            coverage: Vec::new(),
         })
     }
 
@@ -153,6 +160,11 @@ impl Protocol {
     /// The protocol constants (empty when built from a descriptor set).
     pub fn constants(&self) -> &[constants::Constant] {
         &self.constants
+    }
+
+    /// The seed-coverage table (empty when built from a descriptor set).
+    pub fn coverage(&self) -> &[coverage::Entry] {
+        &self.coverage
     }
 
     /// Every capability, sorted by name.

@@ -17,6 +17,36 @@ fn checked_in_artefacts_match_the_generator() {
 }
 
 #[test]
+fn every_seed_capability_is_accounted_for() {
+    let p = common::protocol();
+    assert!(
+        p.coverage().len() >= 100,
+        "coverage table has {} entries",
+        p.coverage().len()
+    );
+    let caps: Vec<String> = p.capabilities().into_iter().map(|c| c.name).collect();
+    let decisions: Vec<String> = std::fs::read_dir(common::repo().join("protocol/decisions"))
+        .expect("decisions")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.get(..4).map(str::to_owned))
+        .collect();
+    let problems = hearthnet_codegen::coverage::check(p.coverage(), &caps, &decisions);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The check itself finds a missing target.
+    let bogus = vec![hearthnet_codegen::coverage::Entry {
+        seed: "x.y@1.0".into(),
+        source: "t".into(),
+        status: "defined".into(),
+        target: "x.y".into(),
+        decision: String::new(),
+        why: String::new(),
+    }];
+    assert_eq!(
+        hearthnet_codegen::coverage::check(&bogus, &caps, &decisions).len(),
+        1
+    );
+}
+
+#[test]
 fn the_protocol_is_lint_clean() {
     let findings = lint::lint(&common::protocol());
     assert!(

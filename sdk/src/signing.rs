@@ -46,11 +46,39 @@ pub enum Domain {
     AuditBatch,
     /// A conformance report.
     ConformanceReport,
+    /// A co-signature on a community change (`RevokeInput` with `co_signers` empty; decision 0039).
+    CommunityCosign,
+    /// A federation proposal (`FederationProposal`, `proposer_signature` unset; decision 0036).
+    FederationProposal,
+    /// A co-signature on a federation change (decision 0036).
+    FederationCosign,
+    /// A federated-learning round manifest (decision 0036).
+    FedlearnRound,
+    /// A federated-learning diff: two fields, the round id and BLAKE3 of the `DiffFrame` (decision 0036).
+    FedlearnDiff,
+    /// A dispute of a claim (decision 0036).
+    EvidenceDispute,
+    /// A civil-defence role certificate (decision 0036).
+    CivdefRoleCertificate,
+    /// A civil-defence role revocation (decision 0036).
+    CivdefRoleRevoke,
+    /// A civil-defence alert (decision 0036).
+    CivdefAlert,
+    /// An acknowledgement of an alert (decision 0036).
+    CivdefAck,
+    /// One civil-defence audit record (decision 0036).
+    CivdefAuditRecord,
+    /// A DHT record (decision 0036).
+    DhtValue,
+    /// A protocol registry announcement (decision 0036).
+    RegistryEntry,
+    /// A relay's endorsement of its next key (decision 0036).
+    RelayKeyEndorsement,
 }
 
 impl Domain {
     /// Every domain.
-    pub const ALL: [Domain; 12] = [
+    pub const ALL: [Domain; 26] = [
         Domain::BusCall,
         Domain::StreamDone,
         Domain::NodeManifest,
@@ -63,6 +91,20 @@ impl Domain {
         Domain::Attestation,
         Domain::AuditBatch,
         Domain::ConformanceReport,
+        Domain::CommunityCosign,
+        Domain::FederationProposal,
+        Domain::FederationCosign,
+        Domain::FedlearnRound,
+        Domain::FedlearnDiff,
+        Domain::EvidenceDispute,
+        Domain::CivdefRoleCertificate,
+        Domain::CivdefRoleRevoke,
+        Domain::CivdefAlert,
+        Domain::CivdefAck,
+        Domain::CivdefAuditRecord,
+        Domain::DhtValue,
+        Domain::RegistryEntry,
+        Domain::RelayKeyEndorsement,
     ];
 
     /// The ASCII name written into the signing input.
@@ -80,6 +122,20 @@ impl Domain {
             Domain::Attestation => "evidence.attestation",
             Domain::AuditBatch => "civdef.audit.batch",
             Domain::ConformanceReport => "conformance.report",
+            Domain::CommunityCosign => "community.cosign",
+            Domain::FederationProposal => "federation.proposal",
+            Domain::FederationCosign => "federation.cosign",
+            Domain::FedlearnRound => "fedlearn.round",
+            Domain::FedlearnDiff => "fedlearn.diff",
+            Domain::EvidenceDispute => "evidence.dispute",
+            Domain::CivdefRoleCertificate => "civdef.role.certificate",
+            Domain::CivdefRoleRevoke => "civdef.role.revoke",
+            Domain::CivdefAlert => "civdef.alert",
+            Domain::CivdefAck => "civdef.ack",
+            Domain::CivdefAuditRecord => "civdef.audit.record",
+            Domain::DhtValue => "dht.value",
+            Domain::RegistryEntry => "protocol.registry.entry",
+            Domain::RelayKeyEndorsement => "relay.key.endorsement",
         }
     }
 
