@@ -90,6 +90,26 @@ pub fn to_text(scheme: &str, payload: &[u8], signature: &[u8]) -> String {
     )
 }
 
+/// Signs `payload` under `domain` and returns its text form, refusing texts
+/// longer than `max_len`.
+pub fn sign_text(
+    key: &SecretKey,
+    domain: Domain,
+    scheme: &str,
+    payload: &[u8],
+    max_len: usize,
+) -> Result<String, EnvelopeError> {
+    let sig = signing::sign_envelope(key, domain, payload);
+    let text = to_text(scheme, payload, &sig);
+    if text.len() > max_len {
+        return Err(EnvelopeError::TooLong {
+            len: text.len(),
+            max: max_len,
+        });
+    }
+    Ok(text)
+}
+
 /// Splits a signed text into payload and signature bytes (nothing verified yet).
 pub fn from_text(
     scheme: &str,

@@ -93,15 +93,14 @@ pub fn issue_invite(inviter: &SecretKey, mut invite: Invite) -> Result<String, R
         invite.version = 1;
     }
     let payload = prost::Message::encode_to_vec(&invite);
-    let sig = signing::sign_envelope(inviter, Domain::Invite, &payload);
-    let text = envelope::to_text(INVITE_SCHEME, &payload, &sig);
-    if text.len() > INVITE_MAX_BYTES {
-        return Err(RecordError::Malformed(format!(
-            "invite is {} bytes, more than {INVITE_MAX_BYTES}",
-            text.len()
-        )));
-    }
-    Ok(text)
+    envelope::sign_text(
+        inviter,
+        Domain::Invite,
+        INVITE_SCHEME,
+        &payload,
+        INVITE_MAX_BYTES,
+    )
+    .map_err(|e| RecordError::Malformed(e.to_string()))
 }
 
 /// Verifies an invite's signature (against `inviter_node_id`) and expiry.

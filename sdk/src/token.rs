@@ -127,15 +127,14 @@ pub fn issue(key: &SecretKey, mut claims: CapabilityToken) -> Result<String, Tok
         return Err(TokenError::Issue("jti is empty".into()));
     }
     let payload = prost::Message::encode_to_vec(&claims);
-    let sig = signing::sign_envelope(key, Domain::CapabilityToken, &payload);
-    let text = envelope::to_text(TOKEN_SCHEME, &payload, &sig);
-    if text.len() > TOKEN_MAX_BYTES {
-        return Err(TokenError::Issue(format!(
-            "token is {} bytes, more than {TOKEN_MAX_BYTES}",
-            text.len()
-        )));
-    }
-    Ok(text)
+    envelope::sign_text(
+        key,
+        Domain::CapabilityToken,
+        TOKEN_SCHEME,
+        &payload,
+        TOKEN_MAX_BYTES,
+    )
+    .map_err(|e| TokenError::Issue(e.to_string()))
 }
 
 /// A token whose signature, times, audience and revocation were checked.
