@@ -47,6 +47,66 @@ fn every_seed_capability_is_accounted_for() {
 }
 
 #[test]
+fn every_cited_clause_is_defined_once_in_the_prose() {
+    let spec = common::repo().join("protocol/spec");
+    let defined_re = regex::Regex::new(r"(?m)^- \[([A-Z][A-Z0-9]*-[0-9]{3})\]").expect("regex");
+    let decision_re = regex::Regex::new(r"(?i)decisions? (\d{4})").expect("regex");
+    let decisions: std::collections::BTreeSet<String> =
+        std::fs::read_dir(common::repo().join("protocol/decisions"))
+            .expect("decisions")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.get(..4).map(str::to_owned))
+            .collect();
+    let mut defined: std::collections::BTreeMap<String, String> = Default::default();
+    let mut problems = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&spec)
+        .expect("spec dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    files.sort();
+    for path in files {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        let text = std::fs::read_to_string(&path).expect("read spec");
+        for c in defined_re.captures_iter(&text) {
+            if let Some(first) = defined.insert(c[1].to_string(), name.clone()) {
+                problems.push(format!(
+                    "{} is defined in {first} and again in {name}",
+                    &c[1]
+                ));
+            }
+        }
+        for c in decision_re.captures_iter(&text) {
+            if !decisions.contains(&c[1]) {
+                problems.push(format!(
+                    "{name} cites decision {}, which does not exist",
+                    &c[1]
+                ));
+            }
+        }
+    }
+    assert!(
+        defined.len() >= 500,
+        "only {} clauses defined",
+        defined.len()
+    );
+    for cap in common::protocol().capabilities() {
+        for clause in &cap.clauses {
+            if !defined.contains_key(clause) {
+                problems.push(format!(
+                    "{} cites {clause}, which no spec file defines",
+                    cap.name
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
 fn the_protocol_is_lint_clean() {
     let findings = lint::lint(&common::protocol());
     assert!(

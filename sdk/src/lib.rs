@@ -33,6 +33,7 @@
 pub mod constants {
     include!(concat!(env!("OUT_DIR"), "/constants.rs"));
 }
+pub mod client;
 pub mod envelope;
 pub mod identity;
 pub mod json;

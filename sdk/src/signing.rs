@@ -314,6 +314,47 @@ pub fn verify_call(
     Ok(caller)
 }
 
+/// Verifies many calls' signatures at once (Ed25519 batch verification, about
+/// twice the throughput of one-by-one checks under load). When the batch
+/// fails, each call is checked alone so that only the bad ones fail.
+pub fn verify_calls_batch(
+    calls: &[&crate::proto::hearthnet::bus::v1::CallRequest],
+) -> Vec<Result<NodeId, CallAuthError>> {
+    let mut out: Vec<Result<NodeId, CallAuthError>> = Vec::with_capacity(calls.len());
+    let mut inputs = Vec::with_capacity(calls.len());
+    let mut sigs = Vec::with_capacity(calls.len());
+    let mut keys = Vec::with_capacity(calls.len());
+    let mut in_batch = Vec::with_capacity(calls.len());
+    for (i, call) in calls.iter().enumerate() {
+        let caller: Result<NodeId, CallAuthError> =
+            call.caller.parse().map_err(CallAuthError::from);
+        let sig: Option<[u8; 64]> = call.signature.as_slice().try_into().ok();
+        match (caller, sig) {
+            (Ok(c), Some(sig)) => {
+                keys.push(c.verifying_key());
+                sigs.push(ed25519_dalek::Signature::from_bytes(&sig));
+                inputs.push(signing_input(Domain::BusCall, &refs(&call_fields(call))));
+                in_batch.push(i);
+                out.push(Ok(c));
+            }
+            (Err(e), _) => out.push(Err(e)),
+            (Ok(_), None) => out.push(Err(CallAuthError::Signature(VerifyError::BadLength(
+                call.signature.len(),
+            )))),
+        }
+    }
+    if in_batch.is_empty() {
+        return out;
+    }
+    let msgs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_err() {
+        for i in in_batch {
+            out[i] = verify_call(calls[i]);
+        }
+    }
+    out
+}
+
 /// Running hash of a stream's transcript: for each `data` frame in order,
 /// `u64be(seq) || BLAKE3(data)`. The server signs it in the `done` frame.
 #[derive(Debug, Clone, Default)]
@@ -478,5 +519,37 @@ mod tests {
         swapped.push(0, b"b");
         swapped.push(1, b"a");
         assert!(swapped.verify_done(&key.node_id(), "req", &sig).is_err());
+    }
+
+    #[test]
+    fn batch_call_verification_finds_the_bad_call() {
+        use crate::proto::hearthnet::bus::v1::CallRequest;
+        let key = SecretKey::from_seed([3; 32]);
+        let mut calls: Vec<CallRequest> = (0..8)
+            .map(|i| {
+                let mut c = CallRequest {
+                    capability: "diag.echo".into(),
+                    min_version: "1.0".into(),
+                    request_id: format!("{i}"),
+                    payload: vec![i as u8; 10],
+                    ..Default::default()
+                };
+                sign_call(&key, &mut c);
+                c
+            })
+            .collect();
+        let refs: Vec<&CallRequest> = calls.iter().collect();
+        assert!(verify_calls_batch(&refs).iter().all(Result::is_ok));
+        calls[5].payload[0] ^= 1;
+        calls[2].caller = "ed25519:nope".into();
+        calls[6].signature.truncate(10);
+        let refs: Vec<&CallRequest> = calls.iter().collect();
+        let res = verify_calls_batch(&refs);
+        let bad: Vec<usize> = (0..8).filter(|i| res[*i].is_err()).collect();
+        assert_eq!(bad, vec![2, 5, 6]);
+        assert_eq!(
+            res[5].as_ref().expect_err("flipped payload").code(),
+            crate::proto::hearthnet::common::v1::ErrorCode::InvalidSignature
+        );
     }
 }

@@ -11,7 +11,7 @@
 
 mod keys;
 
-pub use keys::SecretKey;
+pub use keys::{KeyFileError, SecretKey};
 
 use std::fmt;
 use std::str::FromStr;

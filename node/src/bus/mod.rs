@@ -1,0 +1,1374 @@
+//! The capability bus (M03): verifies, authorises and routes every call, runs
+//! local services, forwards to peers, and frames the response stream
+//! (sequence numbers, one terminal frame, the signed `done`).
+//!
+//! Inbound order of checks (decision 0040): size → version syntax →
+//! signature → replay window → community → capability lookup → trust →
+//! rate limit → schema hash → payload (JSON schema) → routing → execution
+//! under the deadline.
+
+pub mod health;
+pub mod service;
+pub mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use hearthnet_sdk::client::{CallItem, Client, ClientError};
+use hearthnet_sdk::constants as k;
+use hearthnet_sdk::identity::{NodeId, SecretKey};
+use hearthnet_sdk::proto::hearthnet::bus::v1::{CallRequest, Done, Frame, PayloadEncoding, frame};
+use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
+use hearthnet_sdk::proto::hearthnet::identity::v1::OfferedCapability;
+use hearthnet_sdk::proto::hearthnet::node::v1::{TraceDirection, TraceEntry};
+use hearthnet_sdk::registry::{self, Capability, Streaming};
+use hearthnet_sdk::replay::ReplayGuard;
+use hearthnet_sdk::signing::{Transcript, sign_call};
+use hearthnet_sdk::wkt::Timestamp;
+
+pub use health::Health;
+pub use service::{Item, Offer, Request, Service, Sink};
+
+use crate::error::CallError;
+use crate::obs::{CallLabels, CapLabels, Metrics, TraceRing};
+
+/// Trust levels, in order (decision 0040).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Trust {
+    /// Anyone with a valid key.
+    Unknown,
+    /// A community member.
+    Member,
+    /// A trusted member.
+    Trusted,
+    /// An anchor.
+    Anchor,
+    /// The node itself (its own key).
+    Operator,
+}
+
+impl Trust {
+    /// Parses a registry `min_trust` value (unknown values are the strictest).
+    pub fn from_registry(s: &str) -> Self {
+        match s {
+            "unknown" => Trust::Unknown,
+            "member" => Trust::Member,
+            "trusted" => Trust::Trusted,
+            "anchor" => Trust::Anchor,
+            _ => Trust::Operator,
+        }
+    }
+
+    /// The lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trust::Unknown => "unknown",
+            Trust::Member => "member",
+            Trust::Trusted => "trusted",
+            Trust::Anchor => "anchor",
+            Trust::Operator => "operator",
+        }
+    }
+}
+
+/// Bus settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The node's community id, if any.
+    pub community: Option<String>,
+    /// Prefer local providers below `local_load_threshold`.
+    pub prefer_local: bool,
+    /// Load threshold for local preference.
+    pub local_load_threshold: f64,
+    /// Static trust levels by NodeID text.
+    pub trust: HashMap<String, Trust>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            community: None,
+            prefer_local: true,
+            local_load_threshold: 0.8,
+            trust: HashMap::new(),
+        }
+    }
+}
+
+/// Errors registering services.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// Two services offer the same capability major version.
+    #[error("capability {0} is offered twice")]
+    Duplicate(String),
+}
+
+struct LocalEntry {
+    offer: Offer,
+    service: Arc<dyn Service>,
+    in_flight: Arc<AtomicU32>,
+}
+
+#[derive(Clone)]
+struct RemoteEntry {
+    node: NodeId,
+    version: (u32, u32),
+    version_text: String,
+    schema_hash: String,
+    max_concurrent: u32,
+    endpoint: String,
+    last_seen: Instant,
+    in_flight: Arc<AtomicU32>,
+}
+
+/// A capability known on a peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteCapability {
+    /// The peer.
+    pub node: String,
+    /// Capability name.
+    pub name: String,
+    /// `MAJOR.MINOR`.
+    pub version: String,
+    /// Advertised schema hash.
+    pub schema_hash: String,
+    /// Whether the entry is in quarantine now.
+    pub quarantined: bool,
+    /// Outcomes in its health window.
+    pub samples: usize,
+    /// Success rate over the window.
+    pub success_rate: f64,
+}
+
+type HealthKey = (String, String, u32);
+
+struct Inner {
+    key: Arc<SecretKey>,
+    me: NodeId,
+    me_text: String,
+    settings: Settings,
+    local: RwLock<BTreeMap<(String, u32), LocalEntry>>,
+    remote: RwLock<BTreeMap<(String, String, u32), RemoteEntry>>,
+    health: Mutex<HashMap<HealthKey, Health>>,
+    replay: Mutex<ReplayGuard>,
+    per_cap: DefaultKeyedRateLimiter<(String, String)>,
+    per_caller: DefaultKeyedRateLimiter<String>,
+    soft: DefaultKeyedRateLimiter<(String, String)>,
+    clients: Mutex<HashMap<String, Client>>,
+    verifier: verify::Verifier,
+    metrics: Arc<Metrics>,
+    traces: Arc<TraceRing>,
+}
+
+/// The capability bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("node", &self.inner.me_text)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Context of an inbound call from a transport.
+#[derive(Debug, Clone, Default)]
+pub struct Inbound {
+    /// The caller's deadline, relative to receipt.
+    pub timeout: Option<Duration>,
+}
+
+fn quota(rps: i64) -> Quota {
+    let n = NonZeroU32::new(u32::try_from(rps).unwrap_or(1).max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(n).allow_burst(n)
+}
+
+impl Bus {
+    /// A bus for the node holding `key`.
+    pub fn new(
+        key: Arc<SecretKey>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        traces: Arc<TraceRing>,
+    ) -> Self {
+        let me = key.node_id();
+        Self {
+            inner: Arc::new(Inner {
+                me_text: me.to_string(),
+                me,
+                key,
+                settings,
+                local: RwLock::new(BTreeMap::new()),
+                remote: RwLock::new(BTreeMap::new()),
+                health: Mutex::new(HashMap::new()),
+                replay: Mutex::new(ReplayGuard::new(100_000)),
+                per_cap: RateLimiter::keyed(quota(k::RATE_LIMIT_HARD_RPS_PER_CAP)),
+                per_caller: RateLimiter::keyed(quota(k::RATE_LIMIT_HARD_RPS_TOTAL)),
+                soft: RateLimiter::keyed(quota(k::RATE_LIMIT_SOFT_RPS_PER_CAP)),
+                clients: Mutex::new(HashMap::new()),
+                verifier: verify::Verifier::start(),
+                metrics,
+                traces,
+            }),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.me
+    }
+
+    /// The node key (for signing manifests and forwarded calls).
+    pub fn key(&self) -> &Arc<SecretKey> {
+        &self.inner.key
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Recent traces.
+    pub fn traces(&self) -> &Arc<TraceRing> {
+        &self.inner.traces
+    }
+
+    /// Registers every capability of a service.
+    pub fn register(&self, service: Arc<dyn Service>) -> Result<(), BusError> {
+        let mut local = self.inner.local.write().unwrap_or_else(|e| e.into_inner());
+        let offers = service.offers();
+        for offer in &offers {
+            let key = (
+                offer.capability.name.to_string(),
+                offer.capability.version_numbers().0,
+            );
+            if local.contains_key(&key) {
+                return Err(BusError::Duplicate(offer.capability.name.to_string()));
+            }
+        }
+        for offer in offers {
+            let key = (
+                offer.capability.name.to_string(),
+                offer.capability.version_numbers().0,
+            );
+            tracing::debug!(service = service.name(), capability = %key.0, "registered");
+            local.insert(
+                key,
+                LocalEntry {
+                    offer,
+                    service: service.clone(),
+                    in_flight: Arc::new(AtomicU32::new(0)),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The capabilities served locally, as advertised in the manifest.
+    pub fn local_offers(&self) -> Vec<OfferedCapability> {
+        let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
+        local
+            .values()
+            .map(|e| OfferedCapability {
+                name: e.offer.capability.name.to_string(),
+                version: e.offer.capability.version.to_string(),
+                schema_hash: e.offer.capability.schema_hash.to_string(),
+                params: e.offer.params.clone().into_iter().collect(),
+                max_concurrent: e.offer.max_concurrent,
+            })
+            .collect()
+    }
+
+    /// Local capability registry entries with their params.
+    pub fn local_capabilities(&self) -> Vec<(&'static Capability, BTreeMap<String, String>, u32)> {
+        let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
+        local
+            .values()
+            .map(|e| {
+                (
+                    e.offer.capability,
+                    e.offer.params.clone(),
+                    e.offer.max_concurrent,
+                )
+            })
+            .collect()
+    }
+
+    /// Replaces what a peer offers (from its verified manifest).
+    pub fn update_peer(&self, node: &NodeId, endpoint: &str, caps: &[OfferedCapability]) {
+        let node_text = node.to_string();
+        if node_text == self.inner.me_text {
+            return;
+        }
+        let now = Instant::now();
+        let mut remote = self.inner.remote.write().unwrap_or_else(|e| e.into_inner());
+        let old: HashMap<_, _> = remote
+            .iter()
+            .filter(|((n, _, _), _)| *n == node_text)
+            .map(|(key, e)| (key.clone(), e.in_flight.clone()))
+            .collect();
+        remote.retain(|(n, _, _), _| *n != node_text);
+        for cap in caps {
+            let Some(version) = registry::parse_version(&cap.version) else {
+                continue;
+            };
+            let key = (node_text.clone(), cap.name.clone(), version.0);
+            let in_flight = old.get(&key).cloned().unwrap_or_default();
+            remote.insert(
+                key,
+                RemoteEntry {
+                    node: *node,
+                    version,
+                    version_text: cap.version.clone(),
+                    schema_hash: cap.schema_hash.clone(),
+                    max_concurrent: cap.max_concurrent,
+                    endpoint: endpoint.to_string(),
+                    last_seen: now,
+                    in_flight,
+                },
+            );
+        }
+    }
+
+    /// Forgets a peer.
+    pub fn remove_peer(&self, node: &NodeId) {
+        let node_text = node.to_string();
+        let mut remote = self.inner.remote.write().unwrap_or_else(|e| e.into_inner());
+        remote.retain(|(n, _, _), _| *n != node_text);
+    }
+
+    /// Peers with at least one known capability.
+    pub fn peers(&self) -> Vec<(String, String)> {
+        let remote = self.inner.remote.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, String)> = remote
+            .values()
+            .map(|e| (e.node.to_string(), e.endpoint.clone()))
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Capabilities known on peers, with their health.
+    pub fn remote_capabilities(&self) -> Vec<RemoteCapability> {
+        let now = Instant::now();
+        let remote = self.inner.remote.read().unwrap_or_else(|e| e.into_inner());
+        let mut health = self.inner.health.lock().unwrap_or_else(|e| e.into_inner());
+        remote
+            .iter()
+            .map(|((node, name, major), e)| {
+                let h = health
+                    .entry((node.clone(), name.clone(), *major))
+                    .or_default();
+                RemoteCapability {
+                    node: node.clone(),
+                    name: name.clone(),
+                    version: e.version_text.clone(),
+                    schema_hash: e.schema_hash.clone(),
+                    quarantined: h.is_quarantined(now),
+                    samples: h.samples(),
+                    success_rate: h.success_rate(),
+                }
+            })
+            .collect()
+    }
+
+    fn trust_of(&self, caller: &NodeId, caller_text: &str) -> Trust {
+        if *caller == self.inner.me {
+            return Trust::Operator;
+        }
+        self.inner
+            .settings
+            .trust
+            .get(caller_text)
+            .copied()
+            .unwrap_or(Trust::Unknown)
+    }
+
+    /// Signs a call as this node (for the node's own callers: CLI, UI, services).
+    pub fn sign(&self, call: &mut CallRequest) {
+        sign_call(&self.inner.key, call);
+    }
+
+    /// Serves one inbound call: every check, routing and execution. The
+    /// returned stream always ends with exactly one `done` or `error` frame.
+    pub fn serve(&self, call: CallRequest, ctx: Inbound) -> ReceiverStream<Frame> {
+        let (tx, rx) = mpsc::channel(32);
+        let bus = self.clone();
+        tokio::spawn(async move {
+            bus.serve_into(call, ctx, tx).await;
+        });
+        ReceiverStream::new(rx)
+    }
+
+    async fn serve_into(&self, mut call: CallRequest, ctx: Inbound, tx: mpsc::Sender<Frame>) {
+        let started = Instant::now();
+        let started_at = Timestamp::now();
+        let capability = call.capability.clone();
+        let request_id = call.request_id.clone();
+        let caller_text = call.caller.clone();
+        let prepared = match self.precheck(&call) {
+            Ok(()) => {
+                let (checked, verified) = self.inner.verifier.verify(call).await;
+                call = checked;
+                verified
+                    .map_err(|e| CallError::new(e.code(), e.to_string()))
+                    .and_then(|caller| self.admit(&call, caller))
+            }
+            Err(e) => Err(e),
+        };
+        let (cap, caller, trust, route) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.finish_trace(
+                    &capability,
+                    "",
+                    &request_id,
+                    &caller_text,
+                    started,
+                    started_at,
+                    e.code.wire_name(),
+                    0,
+                    "inbound",
+                );
+                let _ = tx.send(error_frame(0, &e)).await;
+                return;
+            }
+        };
+        let timeout = cap_timeout(cap).min(ctx.timeout.unwrap_or(Duration::MAX));
+        let deadline = started + timeout;
+        let outcome = match route {
+            Route::Local(key) => {
+                self.run_local(key, call, caller, trust, deadline, &tx)
+                    .await
+            }
+            Route::Remote(candidates) => self.forward(cap, call, candidates, deadline, &tx).await,
+        };
+        let (code, frames, peer, route_label) = outcome;
+        // Local calls are traced with their caller, forwarded ones with the provider.
+        let peer = if peer.is_empty() { caller_text } else { peer };
+        self.finish_trace(
+            &capability,
+            cap.version,
+            &request_id,
+            &peer,
+            started,
+            started_at,
+            &code,
+            frames,
+            route_label,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_trace(
+        &self,
+        capability: &str,
+        version: &str,
+        request_id: &str,
+        peer: &str,
+        started: Instant,
+        started_at: Timestamp,
+        code: &str,
+        frames: u64,
+        route: &str,
+    ) {
+        let ms = started.elapsed();
+        let inner = &self.inner;
+        // Unknown names are collapsed so that callers cannot grow the label set.
+        let label = if registry::capability(capability).is_some() {
+            capability.to_string()
+        } else {
+            "unknown".to_string()
+        };
+        inner
+            .metrics
+            .calls
+            .get_or_create(&CallLabels {
+                capability: label.clone(),
+                code: code.to_string(),
+                route: route.to_string(),
+            })
+            .inc();
+        inner
+            .metrics
+            .latency
+            .get_or_create(&CapLabels { capability: label })
+            .observe(ms.as_secs_f64());
+        inner.traces.push(TraceEntry {
+            trace_id: request_id.to_string(),
+            capability: capability.to_string(),
+            version: version.to_string(),
+            direction: match route {
+                "remote" => TraceDirection::Outbound,
+                "local" => TraceDirection::Local,
+                _ => TraceDirection::Inbound,
+            } as i32,
+            peer: peer.to_string(),
+            started_at: Some(started_at),
+            ms: ms.as_millis() as u64,
+            code: code.to_string(),
+            frames,
+        });
+        tracing::debug!(
+            capability,
+            request_id,
+            code,
+            ms = ms.as_millis() as u64,
+            route,
+            "call"
+        );
+    }
+
+    /// Cheap checks before the signature: sizes, version and request id syntax.
+    fn precheck(&self, call: &CallRequest) -> Result<(), CallError> {
+        if call.payload.len() > k::BUS_MAX_PAYLOAD_BYTES as usize {
+            return Err(CallError::bad_request(format!(
+                "payload of {} bytes exceeds {} bytes",
+                call.payload.len(),
+                k::BUS_MAX_PAYLOAD_BYTES
+            )));
+        }
+        if registry::parse_version(&call.min_version).is_none() {
+            return Err(CallError::bad_request(format!(
+                "min_version `{}` is not MAJOR.MINOR",
+                call.min_version
+            )));
+        }
+        if ulid::Ulid::from_string(&call.request_id).is_err() {
+            return Err(CallError::bad_request("request_id is not a ULID"));
+        }
+        Ok(())
+    }
+
+    /// The checks after the signature; returns the served capability, caller,
+    /// trust and route.
+    fn admit(
+        &self,
+        call: &CallRequest,
+        caller: NodeId,
+    ) -> Result<(&'static Capability, NodeId, Trust, Route), CallError> {
+        let min = registry::parse_version(&call.min_version)
+            .ok_or_else(|| CallError::bad_request("min_version is not MAJOR.MINOR"))?;
+        let ts = call
+            .timestamp
+            .ok_or_else(|| CallError::bad_request("timestamp is missing"))?;
+        {
+            let mut replay = self.inner.replay.lock().unwrap_or_else(|e| e.into_inner());
+            replay
+                .check(&call.request_id, ts.seconds, Timestamp::now().seconds)
+                .map_err(|e| CallError::new(e.code(), e.to_string()))?;
+        }
+        // A call naming another community is a federated call: its caller
+        // counts as `unknown` (decision 0074).
+        let foreign = !call.community.is_empty()
+            && self.inner.settings.community.as_deref() != Some(call.community.as_str());
+        let trust = if foreign {
+            Trust::Unknown
+        } else {
+            self.trust_of(&caller, &call.caller)
+        };
+        let route = self.route(&call.capability, min, caller == self.inner.me)?;
+        let cap = match &route {
+            Route::Local((name, major)) => {
+                let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
+                local
+                    .get(&(name.clone(), *major))
+                    .map(|e| e.offer.capability)
+                    .ok_or_else(|| CallError::new(ErrorCode::NotFound, "provider went away"))?
+            }
+            Route::Remote(_) => registry::capability(&call.capability).ok_or_else(|| {
+                CallError::new(
+                    ErrorCode::NotFound,
+                    format!("no capability {}", call.capability),
+                )
+            })?,
+        };
+        let needed = Trust::from_registry(cap.min_trust);
+        if foreign && needed > Trust::Unknown {
+            // This node keeps no federation manifests yet (decision 0074).
+            return Err(CallError::new(
+                ErrorCode::NotFederated,
+                format!(
+                    "{} is not federated with this node's community",
+                    call.community
+                ),
+            ));
+        }
+        if trust < needed {
+            return Err(CallError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "{} needs trust `{}`; caller is `{}`",
+                    cap.name,
+                    needed.name(),
+                    trust.name()
+                ),
+            ));
+        }
+        if caller != self.inner.me {
+            self.rate_limit(&call.caller, cap.name)?;
+        }
+        if let Route::Local(_) = &route
+            && !call.schema_hash.is_empty()
+            && call.schema_hash != cap.schema_hash
+        {
+            let mut e = CallError::new(
+                ErrorCode::SchemaMismatch,
+                format!("schema hash differs for {}@{}", cap.name, cap.version),
+            );
+            e.schema_hash_expected = cap.schema_hash.to_string();
+            return Err(e);
+        }
+        if let Route::Local(_) = &route
+            && call.encoding == PayloadEncoding::Json as i32
+        {
+            let text = std::str::from_utf8(&call.payload)
+                .map_err(|_| CallError::bad_request("JSON payload is not UTF-8"))?;
+            check_json(cap.request, text)?;
+        } else if !matches!(
+            PayloadEncoding::try_from(call.encoding),
+            Ok(PayloadEncoding::Proto | PayloadEncoding::Unspecified | PayloadEncoding::Json)
+        ) {
+            return Err(CallError::bad_request(format!(
+                "unknown payload encoding {}",
+                call.encoding
+            )));
+        }
+        Ok((cap, caller, trust, route))
+    }
+
+    fn rate_limit(&self, caller: &str, cap: &str) -> Result<(), CallError> {
+        use governor::clock::{Clock, DefaultClock};
+        let clock = DefaultClock::default();
+        let key = (caller.to_string(), cap.to_string());
+        if self.inner.soft.check_key(&key).is_err() {
+            self.inner
+                .metrics
+                .soft_exceeded
+                .get_or_create(&CapLabels {
+                    capability: cap.to_string(),
+                })
+                .inc();
+        }
+        let refuse = |nu: governor::NotUntil<_>| {
+            let wait = nu.wait_time_from(clock.now());
+            CallError::new(ErrorCode::RateLimited, format!("too many calls to {cap}"))
+                .retry_after(wait.as_millis().max(1) as u64)
+        };
+        self.inner
+            .per_caller
+            .check_key(&caller.to_string())
+            .map_err(refuse)?;
+        self.inner.per_cap.check_key(&key).map_err(refuse)?;
+        Ok(())
+    }
+
+    /// Chooses where a call goes (decision 0040).
+    fn route(&self, name: &str, min: (u32, u32), own: bool) -> Result<Route, CallError> {
+        let now = Instant::now();
+        let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
+        let mut served_versions: Vec<String> = local
+            .values()
+            .filter(|e| e.offer.capability.name == name)
+            .map(|e| e.offer.capability.version.to_string())
+            .collect();
+        let local_hit = local
+            .get(&(name.to_string(), min.0))
+            .filter(|e| e.offer.capability.version_numbers().1 >= min.1);
+        let local_load = local_hit.map(|e| load(&e.in_flight, e.offer.max_concurrent));
+        let local_saturated =
+            local_hit.is_some_and(|e| saturated(&e.in_flight, e.offer.max_concurrent));
+        drop(local);
+
+        let mut remote: Vec<(f64, String, (String, String, u32))> = Vec::new();
+        let mut any_remote_compatible = false;
+        let mut all_quarantined = true;
+        if own {
+            let entries = self.inner.remote.read().unwrap_or_else(|e| e.into_inner());
+            let mut health = self.inner.health.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, e) in entries.iter().filter(|((_, n, _), _)| n == name) {
+                served_versions.push(e.version_text.clone());
+                if e.version.0 != min.0 || e.version.1 < min.1 {
+                    continue;
+                }
+                if now.duration_since(e.last_seen)
+                    > Duration::from_secs(k::BUS_PEER_FRESHNESS_SECONDS as u64)
+                {
+                    continue;
+                }
+                any_remote_compatible = true;
+                let h = health.entry(key.clone()).or_default();
+                if h.is_quarantined(now) {
+                    continue;
+                }
+                all_quarantined = false;
+                if saturated(&e.in_flight, e.max_concurrent) {
+                    continue;
+                }
+                let latency = h
+                    .p50_ms()
+                    .map(f64::from)
+                    .unwrap_or(k::BUS_UNKNOWN_PROVIDER_LATENCY_MILLISECONDS as f64);
+                let score = latency * (1.0 + load(&e.in_flight, e.max_concurrent))
+                    + (1.0 - h.success_rate()) * k::BUS_RELIABILITY_PENALTY_FACTOR as f64;
+                remote.push((score, key.0.clone(), key.clone()));
+            }
+        }
+        if let Some(l) = local_load {
+            let prefer = self.inner.settings.prefer_local
+                && l < self.inner.settings.local_load_threshold
+                && !local_saturated;
+            let local_score = k::BUS_UNKNOWN_PROVIDER_LATENCY_MILLISECONDS as f64 * (1.0 + l)
+                - k::BUS_LOCALITY_BONUS as f64;
+            let best_remote = remote.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+            if !local_saturated && (prefer || remote.is_empty() || local_score <= best_remote) {
+                return Ok(Route::Local((name.to_string(), min.0)));
+            }
+            if remote.is_empty() {
+                return Err(CallError::new(
+                    ErrorCode::CapacityExceeded,
+                    format!("{name} is at its concurrency limit"),
+                )
+                .retry_after(1000));
+            }
+        }
+        if !remote.is_empty() {
+            remote.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            return Ok(Route::Remote(remote.into_iter().map(|r| r.2).collect()));
+        }
+        if any_remote_compatible {
+            if all_quarantined {
+                return Err(CallError::new(
+                    ErrorCode::Partition,
+                    format!("every provider of {name} is in quarantine"),
+                ));
+            }
+            return Err(CallError::new(
+                ErrorCode::CapacityExceeded,
+                format!("every provider of {name} is at its concurrency limit"),
+            )
+            .retry_after(1000));
+        }
+        if served_versions.is_empty() {
+            return Err(CallError::new(
+                ErrorCode::NotFound,
+                format!("no capability {name}"),
+            ));
+        }
+        served_versions.sort();
+        served_versions.dedup();
+        Err(CallError::new(
+            ErrorCode::SchemaMismatch,
+            format!(
+                "{name}@{}.{} is not served; versions offered: {}",
+                min.0,
+                min.1,
+                served_versions.join(", ")
+            ),
+        ))
+    }
+
+    async fn run_local(
+        &self,
+        key: (String, u32),
+        call: CallRequest,
+        caller: NodeId,
+        trust: Trust,
+        deadline: Instant,
+        tx: &mpsc::Sender<Frame>,
+    ) -> (String, u64, String, &'static str) {
+        let found = {
+            let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
+            local.get(&key).map(|e| {
+                (
+                    e.offer.capability,
+                    e.service.clone(),
+                    e.in_flight.clone(),
+                    e.offer.max_concurrent,
+                )
+            })
+        };
+        let Some((cap, service, in_flight, max)) = found else {
+            let e = CallError::new(ErrorCode::NotFound, "provider went away");
+            let _ = tx.send(error_frame(0, &e)).await;
+            return (e.code.wire_name().into(), 0, String::new(), "local");
+        };
+        // Claim a slot atomically.
+        let claimed = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            if max == 0 || n < max {
+                Some(n + 1)
+            } else {
+                None
+            }
+        });
+        if claimed.is_err() {
+            let e = CallError::new(
+                ErrorCode::CapacityExceeded,
+                format!("{} is at its concurrency limit ({max})", cap.name),
+            )
+            .retry_after(1000);
+            let _ = tx.send(error_frame(0, &e)).await;
+            return (e.code.wire_name().into(), 0, String::new(), "local");
+        }
+        let _slot = SlotGuard(in_flight, self.inner.metrics.clone());
+        self.inner.metrics.in_flight.inc();
+
+        let json = call.encoding == PayloadEncoding::Json as i32;
+        let payload = if json {
+            match std::str::from_utf8(&call.payload)
+                .map_err(|_| CallError::bad_request("JSON payload is not UTF-8"))
+                .and_then(|t| {
+                    hearthnet_sdk::json::json_to_proto_bytes(cap.request, t)
+                        .map_err(|e| CallError::bad_request(e.to_string()))
+                }) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(error_frame(0, &e)).await;
+                    return (e.code.wire_name().into(), 0, String::new(), "local");
+                }
+            }
+        } else {
+            call.payload
+        };
+        let cancel = CancellationToken::new();
+        let req = Request {
+            capability: cap,
+            payload,
+            caller,
+            trust,
+            request_id: call.request_id.clone(),
+            deadline,
+            cancel: cancel.clone(),
+        };
+        let (sink, mut items) = Sink::channel(16);
+        let mut task = tokio::spawn(service.call(req, sink));
+        let _abort = AbortOnDrop(task.abort_handle(), cancel.clone());
+
+        let mut transcript = Transcript::new();
+        let mut seq = 0u64;
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        let mut result: Option<Result<(), CallError>> = None;
+        let mut items_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                item = items.recv(), if items_open => {
+                    match item {
+                        Some(Item::Data(bytes)) => {
+                            if cap.streaming == Streaming::Unary && transcript.frames() >= 1 {
+                                result = Some(Err(CallError::internal("unary capability produced two responses")));
+                                break;
+                            }
+                            let bytes = if json {
+                                match hearthnet_sdk::json::proto_bytes_to_json(cap.response, &bytes) {
+                                    Ok(t) => t.into_bytes(),
+                                    Err(e) => { result = Some(Err(CallError::internal(e.to_string()))); break; }
+                                }
+                            } else { bytes };
+                            if bytes.len() > k::BUS_MAX_PAYLOAD_BYTES as usize {
+                                result = Some(Err(CallError::internal("response frame exceeds the payload limit")));
+                                break;
+                            }
+                            transcript.push(seq, &bytes);
+                            if tx.send(Frame { seq, kind: Some(frame::Kind::Data(bytes)) }).await.is_err() {
+                                return ("timeout".into(), transcript.frames(), String::new(), "local");
+                            }
+                            seq += 1;
+                        }
+                        Some(Item::Progress(p)) => {
+                            if tx.send(Frame { seq, kind: Some(frame::Kind::Progress(p)) }).await.is_err() {
+                                return ("timeout".into(), transcript.frames(), String::new(), "local");
+                            }
+                            seq += 1;
+                        }
+                        None => items_open = false,
+                    }
+                }
+                joined = &mut task, if result.is_none() => {
+                    result = Some(match joined {
+                        Ok(r) => r,
+                        Err(e) => Err(CallError::internal(format!("service task failed: {e}"))),
+                    });
+                    // Drain what the service sent before finishing.
+                    while let Ok(item) = items.try_recv() {
+                        if let Item::Data(bytes) = item {
+                            if cap.streaming == Streaming::Unary && transcript.frames() >= 1 {
+                                result = Some(Err(CallError::internal("unary capability produced two responses")));
+                                break;
+                            }
+                            let bytes = if json {
+                                match hearthnet_sdk::json::proto_bytes_to_json(cap.response, &bytes) {
+                                    Ok(t) => t.into_bytes(),
+                                    Err(e) => { result = Some(Err(CallError::internal(e.to_string()))); break; }
+                                }
+                            } else { bytes };
+                            transcript.push(seq, &bytes);
+                            if tx.send(Frame { seq, kind: Some(frame::Kind::Data(bytes)) }).await.is_err() {
+                                return ("timeout".into(), transcript.frames(), String::new(), "local");
+                            }
+                            seq += 1;
+                        }
+                    }
+                    break;
+                }
+                _ = &mut sleep => {
+                    result = Some(Err(CallError::new(ErrorCode::Timeout, format!("deadline of {} passed", cap.name))));
+                    break;
+                }
+                _ = tx.closed() => {
+                    return ("timeout".into(), transcript.frames(), String::new(), "local");
+                }
+            }
+        }
+        let result = result.unwrap_or_else(|| Err(CallError::internal("no result")));
+        let result = match result {
+            Ok(()) if cap.streaming == Streaming::Unary && transcript.frames() != 1 => Err(
+                CallError::internal("unary capability finished without a response"),
+            ),
+            other => other,
+        };
+        match result {
+            Ok(()) => {
+                let done = Done {
+                    frames: transcript.frames(),
+                    transcript_hash: transcript.hash().to_vec(),
+                    signer: self.inner.me_text.clone(),
+                    signature: transcript
+                        .sign_done(&self.inner.key, &call.request_id)
+                        .to_vec(),
+                };
+                let _ = tx
+                    .send(Frame {
+                        seq,
+                        kind: Some(frame::Kind::Done(done)),
+                    })
+                    .await;
+                ("ok".into(), transcript.frames(), String::new(), "local")
+            }
+            Err(e) => {
+                let _ = tx.send(error_frame(seq, &e)).await;
+                (
+                    e.code.wire_name().into(),
+                    transcript.frames(),
+                    String::new(),
+                    "local",
+                )
+            }
+        }
+    }
+
+    fn client_for(&self, endpoint: &str) -> Result<Client, CallError> {
+        let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| {
+                CallError::new(
+                    ErrorCode::Partition,
+                    format!("bad endpoint {endpoint}: {e}"),
+                )
+            })?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .connect_lazy();
+        let client = Client::with_channel(channel, self.inner.key.clone());
+        clients.insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+
+    fn record_health(&self, key: &(String, String, u32), ok: bool, ms: u32) {
+        let now = Instant::now();
+        let mut health = self.inner.health.lock().unwrap_or_else(|e| e.into_inner());
+        if health.entry(key.clone()).or_default().record(ok, ms, now) {
+            self.inner.metrics.quarantines.inc();
+            tracing::warn!(node = %key.0, capability = %key.1, "provider quarantined");
+        }
+    }
+
+    async fn forward(
+        &self,
+        cap: &'static Capability,
+        call: CallRequest,
+        candidates: Vec<(String, String, u32)>,
+        deadline: Instant,
+        tx: &mpsc::Sender<Frame>,
+    ) -> (String, u64, String, &'static str) {
+        let attempts = if cap.idempotent {
+            1 + k::BUS_IDEMPOTENT_RETRY_COUNT as usize
+        } else {
+            1
+        };
+        let mut last = CallError::new(ErrorCode::Partition, "no provider answered");
+        let mut last_peer = String::new();
+        for key in candidates.into_iter().take(attempts) {
+            let entry = {
+                let remote = self.inner.remote.read().unwrap_or_else(|e| e.into_inner());
+                remote.get(&key).cloned()
+            };
+            let Some(entry) = entry else { continue };
+            last_peer = entry.node.to_string();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                last = CallError::new(ErrorCode::Timeout, "deadline passed");
+                break;
+            }
+            let mut fwd = call.clone();
+            fwd.timestamp = Some(Timestamp::now());
+            fwd.min_version = entry.version_text.clone();
+            sign_call(&self.inner.key, &mut fwd);
+            entry.in_flight.fetch_add(1, Ordering::AcqRel);
+            let started = Instant::now();
+            let outcome = self.relay(fwd, &entry, remaining, tx).await;
+            entry.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+            match outcome {
+                Relay::Done(frames) => {
+                    self.record_health(&key, true, ms);
+                    return ("ok".into(), frames, last_peer, "remote");
+                }
+                Relay::Failed { error, frames_sent } => {
+                    let fault = error.is_provider_fault();
+                    self.record_health(&key, !fault, ms);
+                    if frames_sent > 0 || !fault {
+                        let _ = tx.send(error_frame(frames_sent, &error)).await;
+                        return (
+                            error.code.wire_name().into(),
+                            frames_sent,
+                            last_peer,
+                            "remote",
+                        );
+                    }
+                    last = error;
+                }
+                Relay::CallerGone(frames) => {
+                    return ("timeout".into(), frames, last_peer, "remote");
+                }
+            }
+        }
+        let _ = tx.send(error_frame(0, &last)).await;
+        (last.code.wire_name().into(), 0, last_peer, "remote")
+    }
+
+    async fn relay(
+        &self,
+        call: CallRequest,
+        entry: &RemoteEntry,
+        remaining: Duration,
+        tx: &mpsc::Sender<Frame>,
+    ) -> Relay {
+        let client = match self.client_for(&entry.endpoint) {
+            Ok(c) => c,
+            Err(error) => {
+                return Relay::Failed {
+                    error,
+                    frames_sent: 0,
+                };
+            }
+        };
+        let mut stream = match client.send(call, Some(remaining)).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Relay::Failed {
+                    error: client_error(e),
+                    frames_sent: 0,
+                };
+            }
+        };
+        let mut seq = 0u64;
+        let mut data_frames = 0u64;
+        let sleep = tokio::time::sleep(remaining);
+        tokio::pin!(sleep);
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = &mut sleep => return Relay::Failed {
+                    error: CallError::new(ErrorCode::Timeout, "peer did not finish before the deadline"),
+                    frames_sent: seq,
+                },
+                _ = tx.closed() => return Relay::CallerGone(data_frames),
+            };
+            let frame = match item {
+                Ok(Some(CallItem::Data(d))) => {
+                    data_frames += 1;
+                    frame::Kind::Data(d)
+                }
+                Ok(Some(CallItem::Progress(p))) => frame::Kind::Progress(p),
+                Ok(Some(CallItem::Done(done))) => {
+                    if tx
+                        .send(Frame {
+                            seq,
+                            kind: Some(frame::Kind::Done(done)),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Relay::CallerGone(data_frames);
+                    }
+                    return Relay::Done(data_frames);
+                }
+                Ok(None) => return Relay::Done(data_frames),
+                Err(e) => {
+                    return Relay::Failed {
+                        error: client_error(e),
+                        frames_sent: seq,
+                    };
+                }
+            };
+            if tx
+                .send(Frame {
+                    seq,
+                    kind: Some(frame),
+                })
+                .await
+                .is_err()
+            {
+                return Relay::CallerGone(data_frames);
+            }
+            seq += 1;
+        }
+    }
+
+    /// Calls a capability as this node (signing with the node key), the way
+    /// the CLI, the UI and services reach the mesh.
+    pub fn call_as_self(
+        &self,
+        capability: &str,
+        min_version: &str,
+        encoding: PayloadEncoding,
+        payload: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> ReceiverStream<Frame> {
+        let mut call = CallRequest {
+            capability: capability.to_string(),
+            min_version: min_version.to_string(),
+            request_id: ulid::Ulid::new().to_string(),
+            caller: String::new(),
+            community: self.inner.settings.community.clone().unwrap_or_default(),
+            timestamp: Some(Timestamp::now()),
+            encoding: encoding as i32,
+            payload,
+            schema_hash: String::new(),
+            token: String::new(),
+            signature: Vec::new(),
+        };
+        self.sign(&mut call);
+        self.serve(call, Inbound { timeout })
+    }
+
+    /// Calls a unary capability as this node and decodes the response.
+    ///
+    /// A capability served locally runs in-process without signatures (the
+    /// caller is this process); one served by a peer goes through the signed
+    /// path and is forwarded.
+    pub async fn unary<Req: Message, Resp: Message + Default>(
+        &self,
+        capability: &str,
+        min_version: &str,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        let data = self
+            .call_in_process(capability, min_version, req.encode_to_vec())
+            .await?;
+        Resp::decode(data.as_slice()).map_err(|e| CallError::internal(e.to_string()))
+    }
+
+    /// Calls a unary capability as this node with an encoded request and
+    /// returns the encoded response (see [`Bus::unary`]).
+    pub async fn call_in_process(
+        &self,
+        capability: &str,
+        min_version: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, CallError> {
+        let min = registry::parse_version(min_version).ok_or_else(|| {
+            CallError::bad_request(format!("min_version `{min_version}` is not MAJOR.MINOR"))
+        })?;
+        let local = {
+            let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
+            local
+                .get(&(capability.to_string(), min.0))
+                .filter(|e| e.offer.capability.version_numbers().1 >= min.1)
+                .filter(|e| e.offer.capability.streaming == Streaming::Unary)
+                .map(|e| {
+                    (
+                        e.offer.capability,
+                        e.service.clone(),
+                        e.in_flight.clone(),
+                        e.offer.max_concurrent,
+                    )
+                })
+        };
+        let Some((cap, service, in_flight, max)) = local else {
+            return self.unary_signed(capability, min_version, payload).await;
+        };
+        let claimed = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            if max == 0 || n < max {
+                Some(n + 1)
+            } else {
+                None
+            }
+        });
+        if claimed.is_err() {
+            return Err(CallError::new(
+                ErrorCode::CapacityExceeded,
+                format!("{} is at its concurrency limit ({max})", cap.name),
+            )
+            .retry_after(1000));
+        }
+        let _slot = SlotGuard(in_flight, self.inner.metrics.clone());
+        self.inner.metrics.in_flight.inc();
+        let timeout = cap_timeout(cap);
+        let cancel = CancellationToken::new();
+        let req = Request {
+            capability: cap,
+            payload,
+            caller: self.inner.me,
+            trust: Trust::Operator,
+            request_id: ulid::Ulid::new().to_string(),
+            deadline: Instant::now() + timeout,
+            cancel: cancel.clone(),
+        };
+        let (sink, mut items) = Sink::channel(4);
+        let result = tokio::time::timeout(timeout, service.call(req, sink)).await;
+        cancel.cancel();
+        match result {
+            Err(_) => Err(CallError::new(
+                ErrorCode::Timeout,
+                format!("deadline of {} passed", cap.name),
+            )),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => {
+                let mut data = None;
+                while let Ok(item) = items.try_recv() {
+                    if let Item::Data(d) = item
+                        && data.replace(d).is_some()
+                    {
+                        return Err(CallError::internal(
+                            "unary capability produced two responses",
+                        ));
+                    }
+                }
+                data.ok_or_else(|| {
+                    CallError::internal("unary capability finished without a response")
+                })
+            }
+        }
+    }
+
+    async fn unary_signed(
+        &self,
+        capability: &str,
+        min_version: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, CallError> {
+        use tokio_stream::StreamExt;
+        let mut stream = self.call_as_self(
+            capability,
+            min_version,
+            PayloadEncoding::Proto,
+            payload,
+            None,
+        );
+        let mut data = None;
+        while let Some(frame) = stream.next().await {
+            match frame.kind {
+                Some(frame::Kind::Data(d)) => data = Some(d),
+                Some(frame::Kind::Error(e)) => return Err(CallError::from_wire(&e)),
+                Some(frame::Kind::Done(_)) => break,
+                _ => {}
+            }
+        }
+        data.ok_or_else(|| CallError::internal("no response"))
+    }
+}
+
+enum Route {
+    Local((String, u32)),
+    Remote(Vec<(String, String, u32)>),
+}
+
+enum Relay {
+    Done(u64),
+    Failed { error: CallError, frames_sent: u64 },
+    CallerGone(u64),
+}
+
+struct SlotGuard(Arc<AtomicU32>, Arc<Metrics>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.in_flight.dec();
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle, CancellationToken);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.1.cancel();
+        self.0.abort();
+    }
+}
+
+fn load(in_flight: &AtomicU32, max: u32) -> f64 {
+    f64::from(in_flight.load(Ordering::Acquire)) / f64::from(max.max(1))
+}
+
+fn saturated(in_flight: &AtomicU32, max: u32) -> bool {
+    max != 0 && in_flight.load(Ordering::Acquire) >= max
+}
+
+fn cap_timeout(cap: &Capability) -> Duration {
+    let secs = if cap.timeout_seconds == 0 {
+        k::RPC_DEFAULT_TIMEOUT_SECONDS as u64
+    } else {
+        u64::from(cap.timeout_seconds)
+    };
+    Duration::from_secs(secs)
+}
+
+/// An `error` frame.
+pub fn error_frame(seq: u64, e: &CallError) -> Frame {
+    Frame {
+        seq,
+        kind: Some(frame::Kind::Error(e.to_wire())),
+    }
+}
+
+fn client_error(e: ClientError) -> CallError {
+    match e {
+        ClientError::Remote(w) => CallError::from_wire(&w),
+        ClientError::Status(s) if s.code() == tonic::Code::DeadlineExceeded => {
+            CallError::new(ErrorCode::Timeout, s.message().to_string())
+        }
+        other => CallError::new(ErrorCode::Partition, format!("peer unreachable: {other}")),
+    }
+}
+
+/// Validates a JSON payload against the message's published schema.
+pub fn check_json(message: &str, text: &str) -> Result<(), CallError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| CallError::bad_request(format!("malformed JSON: {e}")))?;
+    hearthnet_sdk::validate::validate_message_value(message, &value).map_err(|e| {
+        let mut err = CallError::bad_request(format!("JSON does not match {message}: {e}"));
+        err.pointers = e.violations().iter().map(|v| v.pointer.clone()).collect();
+        err
+    })
+}

@@ -1,0 +1,19 @@
+//! The HearthNet node: configuration, observability, the capability bus,
+//! transports (gRPC and HTTP/JSON on one port), built-in services and the
+//! composition root used by the `hearthnet` command and by tests.
+//!
+//! Layers go one way: config/obs → bus → transport → services → node/cli.
+//! Services never import each other; they register with the bus at start-up
+//! and reach other capabilities only through it.
+
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod obs;
+pub mod services;
+pub mod transport;
+
+pub use node::{NodeBuilder, RunningNode};

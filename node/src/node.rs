@@ -1,0 +1,307 @@
+//! The composition root: loads keys, builds the bus, registers services,
+//! binds the server and follows static peers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use hearthnet_sdk::identity::SecretKey;
+use hearthnet_sdk::proto::hearthnet::common::v1::Endpoint;
+use hearthnet_sdk::proto::hearthnet::identity::v1::SignedEnvelope;
+use hearthnet_sdk::proto::hearthnet::node::v1 as nodepb;
+
+use crate::bus::{Bus, Service, Settings, Trust};
+use crate::config::{Config, ConfigError};
+use crate::obs::{Metrics, TraceRing};
+use crate::services::builtin::{Diag, Introspection, NodeInfo};
+use crate::transport::{self, Limits, http::HttpState};
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key file is missing and `identity.auto_generate` is off.
+    #[error("no key at {0}; run `hearthnet init`")]
+    NoKey(String),
+    /// The key file cannot be read or written.
+    #[error("key file: {0}")]
+    Key(#[from] hearthnet_sdk::identity::KeyFileError),
+    /// A directory cannot be created.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The port cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Two services offer one capability.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+}
+
+/// Loads the node key, creating it (0600) when allowed.
+pub fn load_or_create_key(path: &Path, create: bool) -> Result<SecretKey, StartError> {
+    if path.exists() {
+        return Ok(SecretKey::load(path)?);
+    }
+    if !create {
+        return Err(StartError::NoKey(path.display().to_string()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let key = SecretKey::generate()?;
+    key.save(path)?;
+    tracing::info!(path = %path.display(), node = %key.node_id(), "created node key");
+    Ok(key)
+}
+
+/// Builds a node from a configuration.
+pub struct NodeBuilder {
+    config: Config,
+    key: Option<SecretKey>,
+    services: Vec<Arc<dyn Service>>,
+    diag: bool,
+}
+
+impl NodeBuilder {
+    /// A builder for `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            key: None,
+            services: Vec::new(),
+            diag: true,
+        }
+    }
+
+    /// Uses this key instead of the key file.
+    pub fn key(mut self, key: SecretKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Registers an extra service.
+    pub fn service(mut self, service: Arc<dyn Service>) -> Self {
+        self.services.push(service);
+        self
+    }
+
+    /// Whether the built-in `diag.*` capabilities are served (default yes).
+    pub fn diag(mut self, on: bool) -> Self {
+        self.diag = on;
+        self
+    }
+
+    /// Starts the node: binds the port and serves until shut down.
+    pub async fn start(self) -> Result<RunningNode, StartError> {
+        let config = self.config;
+        let key = match self.key {
+            Some(k) => k,
+            None => load_or_create_key(&config.key_file()?, config.identity.auto_generate)?,
+        };
+        let key = Arc::new(key);
+        let mut trust = std::collections::HashMap::new();
+        for (list, level) in [
+            (&config.trust.members, Trust::Member),
+            (&config.trust.trusted, Trust::Trusted),
+            (&config.trust.anchors, Trust::Anchor),
+        ] {
+            for id in list {
+                trust.insert(id.clone(), level);
+            }
+        }
+        let metrics = Arc::new(Metrics::new());
+        let traces = Arc::new(TraceRing::new(
+            hearthnet_sdk::constants::TRACE_RING_BUFFER as usize,
+        ));
+        let bus = Bus::new(
+            key.clone(),
+            Settings {
+                community: config.community.community_id.clone(),
+                prefer_local: config.bus.prefer_local,
+                local_load_threshold: config.bus.local_load_threshold,
+                trust,
+            },
+            metrics,
+            traces,
+        );
+        let addr = format!("{}:{}", config.transport.host, config.transport.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let info = NodeInfo {
+            display_name: config.node.display_name.clone(),
+            profile: config.node.profile.clone(),
+            community: config.community.community_id.clone(),
+            endpoints: vec![Endpoint {
+                transport: "grpc".into(),
+                host: local.ip().to_string(),
+                port: u32::from(local.port()),
+            }],
+            started: Instant::now(),
+        };
+        let introspection = Introspection::new(bus.clone(), info);
+        bus.register(introspection.clone())?;
+        if self.diag {
+            bus.register(Diag::new(&bus))?;
+        }
+        for s in self.services {
+            bus.register(s)?;
+        }
+        let state = HttpState {
+            bus: bus.clone(),
+            allow_unsigned_loopback: config.transport.allow_unsigned_loopback,
+            metrics_enabled: config.observability.metrics_enabled,
+        };
+        let app = transport::app(bus.clone(), state);
+        let shutdown = CancellationToken::new();
+        let limits = Limits {
+            max_connections: config.transport.max_connections,
+            first_byte_timeout: Duration::from_secs(config.transport.first_byte_timeout_seconds),
+            shutdown_grace: Duration::from_secs(config.transport.shutdown_grace_seconds),
+        };
+        let server = tokio::spawn(transport::serve(listener, app, limits, shutdown.clone()));
+        let refresh = Duration::from_secs(config.discovery.refresh_seconds);
+        let node = RunningNode {
+            addr: local,
+            bus,
+            shutdown,
+            server,
+            refresh,
+        };
+        for peer in &config.discovery.static_peers {
+            node.add_peer(peer);
+        }
+        tracing::info!(node = %node.bus.node_id(), addr = %local, "node listening (gRPC and HTTP/JSON)");
+        Ok(node)
+    }
+}
+
+/// A started node.
+pub struct RunningNode {
+    addr: SocketAddr,
+    bus: Bus,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    refresh: Duration,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr` for clients.
+    pub fn url(&self) -> String {
+        transport::url(self.addr)
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Follows a peer at `url`: fetches and verifies its signed manifest now
+    /// and every refresh interval, feeding its capabilities to the bus.
+    pub fn add_peer(&self, url: &str) {
+        let bus = self.bus.clone();
+        let url = url.to_string();
+        let stop = self.shutdown.clone();
+        let every = self.refresh;
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = refresh_peer(&bus, &url).await {
+                    tracing::debug!(peer = %url, error = %e, "peer manifest refresh failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// Fetches one peer's manifest now (tests use this to avoid waiting).
+    pub async fn refresh_peer(&self, url: &str) -> Result<String, String> {
+        refresh_peer(&self.bus, url).await
+    }
+
+    /// Stops accepting connections, lets in-flight calls finish (within the
+    /// grace period) and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server loop ends.
+    pub async fn wait(self) {
+        let _ = self.server.await;
+    }
+}
+
+async fn refresh_peer(bus: &Bus, url: &str) -> Result<String, String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = hearthnet_sdk::client::Client::with_channel(channel, bus.key().clone());
+    let resp: nodepb::ManifestResponse = client
+        .unary("node.manifest", "1.0", &nodepb::ManifestRequest::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = resp.output.map(|o| o.signed_manifest).unwrap_or_default();
+    let env = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+    let now = hearthnet_sdk::wkt::Timestamp::now().seconds;
+    let (node, manifest) =
+        hearthnet_sdk::records::verify_node_manifest(&env, now).map_err(|e| e.to_string())?;
+    bus.update_peer(&node, url, &manifest.capabilities);
+    bus.metrics()
+        .peers
+        .set(i64::try_from(bus.peers().len()).unwrap_or(0));
+    Ok(node.to_string())
+}

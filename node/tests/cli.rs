@@ -1,0 +1,213 @@
+//! The `hearthnet` command end to end: init, run, call (with exit codes),
+//! caps, trace, doctor, config check, and SIGTERM finishing an in-flight call.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hearthnet");
+
+fn cmd(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("HEARTHNET_DATA_DIR", home.join("data"))
+        .env("HEARTHNET_CONFIG_DIR", home.join("config"))
+        .env("HEARTHNET_CACHE_DIR", home.join("cache"));
+    c
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+/// Starts `hearthnet run` on a free loopback port; returns the child and its URL.
+fn start(home: &Path) -> (Child, String) {
+    let mut child = cmd(home)
+        .args(["run"])
+        .env("HEARTHNET__TRANSPORT__HOST", "127.0.0.1")
+        .env("HEARTHNET__TRANSPORT__PORT", "0")
+        .env("HEARTHNET__DISCOVERY__MDNS_ENABLED", "false")
+        .env("HEARTHNET__DISCOVERY__UDP_ENABLED", "false")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+#[test]
+fn init_run_call_and_exit_codes() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let out = run(cmd(h).args(["init", "--name", "test-node"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("node id   ed25519:"), "{stdout}");
+    let cfg = h.join("config/config.toml");
+    assert!(cfg.exists());
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("display_name = \"test-node\"")
+    );
+
+    let (mut node, url) = start(h);
+    let call = |args: &[&str]| {
+        let mut c = cmd(h);
+        c.arg("call").args(args).args(["--node", &url]);
+        run(&mut c)
+    };
+
+    let out = call(&["protocol.version.list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(hearthnet_sdk::PROTOCOL_VERSION));
+
+    let out = call(&["diag.echo.stream", r#"{"input":{"text":"x","repeat":3}}"#]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).lines().count(), 3);
+
+    // Exit codes from wire errors (decision 0041).
+    let out = call(&["no.such"]);
+    assert_eq!(out.status.code(), Some(6), "not_found");
+    assert!(text(&out.stderr).contains("\"code\":\"not_found\""));
+    let out = call(&["diag.echo", r#"{"input":{"nope":1}}"#]);
+    assert_eq!(out.status.code(), Some(7), "bad_request");
+    let out = call(&["diag.echo@3.0"]);
+    assert_eq!(out.status.code(), Some(7), "schema_mismatch");
+    let out = call(&["diag.echo", r#"{"input":{"failWith":"rate_limited"}}"#]);
+    assert_eq!(out.status.code(), Some(5), "rate_limited");
+    let out = call(&["diag.echo", r#"{"input":{"failWith":"timeout"}}"#]);
+    assert_eq!(out.status.code(), Some(8), "timeout");
+    let out = call(&["diag.echo", r#"{"input":{"failWith":"unauthorized"}}"#]);
+    assert_eq!(out.status.code(), Some(4), "unauthorized");
+    let out = call(&["diag.echo", "not json"]);
+    assert_eq!(out.status.code(), Some(2), "usage");
+
+    let out = run(cmd(h).args(["caps", "--node", &url]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("protocol.version.list"));
+
+    let out = run(cmd(h).args(["trace", "5", "--node", &url]));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        5,
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(cmd(h).args(["peers", "--node", &url]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("no peers"));
+
+    // SIGTERM while a stream is in flight: the call still completes.
+    let mut streaming = cmd(h)
+        .args([
+            "call",
+            "diag.echo.stream",
+            r#"{"input":{"text":"s","repeat":4,"intervalMs":300}}"#,
+            "--node",
+            &url,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(streaming.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.contains("\"text\":\"s\""), "{first}");
+    let kill = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert_eq!(rest.lines().count(), 3, "remaining frames: {rest}");
+    assert_eq!(streaming.wait().unwrap().code(), Some(0));
+    assert_eq!(node.wait().unwrap().code(), Some(0), "node exits cleanly");
+
+    // No node any more: exit 3.
+    let out = call(&["protocol.version.list"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let cfg = h.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[transport]\nport = 7080\n\n[bus]\nlocal_load_threshold = 3\n",
+    )
+    .unwrap();
+    let out = run(cmd(h).args(["config", "check", "--config"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.toml:5: bus.local_load_threshold"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "[transport]\nport = \"x\"\n").unwrap();
+    let out = run(cmd(h).args(["config", "check", "--config"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.toml:2:") && err.contains("transport.port"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "[transport]\nport = 7099\n").unwrap();
+    let out = run(cmd(h).args(["config", "check", "--config"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(cmd(h)
+        .args(["config", "show", "--config"])
+        .arg(&cfg)
+        .env("HEARTHNET__BUS__PREFER_LOCAL", "false"));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("port = 7099") && shown.contains("prefer_local = false"),
+        "{shown}"
+    );
+
+    let out = run(cmd(h).args(["config", "schema"]));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(schema["properties"]["transport"].is_object());
+}
+
+#[test]
+fn doctor_reports_missing_key_and_fix() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let out = run(cmd(h)
+        .args(["doctor"])
+        .env("HEARTHNET__TRANSPORT__PORT", "0"));
+    assert_eq!(out.status.code(), Some(1));
+    let s = text(&out.stdout);
+    assert!(s.contains("✘ key") && s.contains("hearthnet init"), "{s}");
+    let out = run(cmd(h).args(["init"]));
+    assert!(out.status.success());
+    let out = run(cmd(h)
+        .args(["doctor"])
+        .env("HEARTHNET__TRANSPORT__PORT", "0"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
