@@ -156,16 +156,18 @@ fn list(v: &[String]) -> String {
 }
 
 fn events(p: &Protocol) -> String {
-    let mut s =
-        format!("{STAMP}# Events\n\n| Type | Topic | Payload | Local only |\n|---|---|---|---|\n");
+    let mut s = format!(
+        "{STAMP}# Events\n\n| Type | Topic | Payload | Local only | Ephemeral |\n|---|---|---|---|---|\n"
+    );
     for e in p.events() {
         let _ = writeln!(
             s,
-            "| `{}` | `{}` | {} | {} |",
+            "| `{}` | `{}` | {} | {} | {} |",
             e.event_type,
             e.topic,
             link(&e.payload),
-            e.local_only
+            e.local_only,
+            e.ephemeral
         );
     }
     for e in p.events() {

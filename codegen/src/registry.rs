@@ -64,6 +64,8 @@ pub struct EventType {
     pub payload: String,
     /// Whether it never leaves the node.
     pub local_only: bool,
+    /// Whether it is published to subscribers without being logged.
+    pub ephemeral: bool,
     /// Spec clause ids.
     pub clauses: Vec<String>,
     /// Doc comment of the payload message.
@@ -254,6 +256,7 @@ pub(crate) fn events(p: &Protocol) -> Vec<EventType> {
                 topic,
                 payload: m.full_name().to_owned(),
                 local_only: get_bool(&o, "local_only"),
+                ephemeral: get_bool(&o, "ephemeral"),
                 clauses: get_list(&o, "clauses"),
                 doc: crate::comment(&m.parent_file(), m.path()),
             })
@@ -360,7 +363,7 @@ pub fn registry_json(p: &Protocol) -> String {
     let events: Vec<Value> = p
         .events()
         .into_iter()
-        .map(|e| json!({"type": e.event_type, "topic": e.topic, "payload": e.payload, "local_only": e.local_only, "clauses": e.clauses}))
+        .map(|e| json!({"type": e.event_type, "topic": e.topic, "payload": e.payload, "local_only": e.local_only, "ephemeral": e.ephemeral, "clauses": e.clauses}))
         .collect();
     let errors: Vec<Value> = p
         .error_codes()

@@ -168,11 +168,12 @@ fn registry_table(p: &Protocol) -> String {
     for e in p.events() {
         let _ = writeln!(
             s,
-            "    EventType {{ event_type: {}, topic: {}, payload: {}, local_only: {} }},",
+            "    EventType {{ event_type: {}, topic: {}, payload: {}, local_only: {}, ephemeral: {} }},",
             lit(&e.event_type),
             lit(&e.topic),
             lit(&e.payload),
-            e.local_only
+            e.local_only,
+            e.ephemeral
         );
     }
     s.push_str("];\n\n/// Every error code: (enum number, wire name, HTTP status, retryable, phase).\npub static ERROR_CODES: &[(i32, &str, u16, bool, u8)] = &[\n");

@@ -195,6 +195,35 @@ fn main() {
         println!();
         println!("Signed calls: the client signs, the node batch-verifies the call signature and signs `done`; the client checks `done`'s signature where decision 0043 requires it (diag.echo is idempotent and emits no events), or always in the last row. Client and node share this machine's cores.");
 
+        // The floor set by per-call signatures: what bare tonic would reach if
+        // the only added work were the client's signature, the node's
+        // (batched) verification and the node's `done` signature.
+        let key = SecretKey::from_seed([9; 32]);
+        let mut calls: Vec<_> = (0..64)
+            .map(|_| signed.request("diag.echo", "1.0", PayloadEncoding::Proto, request().encode_to_vec()))
+            .collect();
+        for c in &mut calls {
+            hearthnet_sdk::signing::sign_call(&key, c);
+        }
+        let rounds = if quick { 20 } else { 200 };
+        let t = Instant::now();
+        for _ in 0..rounds {
+            for c in &mut calls {
+                hearthnet_sdk::signing::sign_call(&key, c);
+            }
+        }
+        let sign = t.elapsed().as_secs_f64() / (rounds * 64) as f64;
+        let refs: Vec<_> = calls.iter().collect();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            assert!(hearthnet_sdk::signing::verify_calls_batch(&refs).iter().all(Result::is_ok));
+        }
+        let batch = t.elapsed().as_secs_f64() / (rounds * 64) as f64;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let bound = 1.0 / (1.0 / bt + (2.0 * sign + batch) / cores);
+        println!();
+        println!("Per-call signature work measured in this run: sign {:.1} µs, batch verify {:.1} µs per call; on {cores} cores bare tonic plus only that work would reach {:.0} calls/s, a ratio of {:.2}× — the ceiling for per-call Ed25519 on this machine.", sign * 1e6, batch * 1e6, bound, bound / bt);
+
         // In-process: the bus path vs the service called directly.
         let svc = hearthnet_node::services::builtin::Diag::new(node.bus());
         let payload = request().encode_to_vec();

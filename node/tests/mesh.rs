@@ -232,3 +232,45 @@ async fn local_provider_is_preferred_and_failover_is_transparent_for_idempotent_
     a.shutdown().await;
     c.shutdown().await;
 }
+
+/// A service that panics on every call.
+struct Panicky;
+
+impl Service for Panicky {
+    fn name(&self) -> &str {
+        "panicky"
+    }
+    fn offers(&self) -> Vec<Offer> {
+        vec![Offer::of("diag.echo").unwrap()]
+    }
+    fn call(&self, _req: Request, _out: Sink) -> BoxFuture<'static, Result<(), CallError>> {
+        async move { panic!("service bug") }.boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_service_is_an_internal_error_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeBuilder::new(common::config(dir.path()))
+        .key(common::key(20))
+        .diag(false)
+        .service(Arc::new(Panicky))
+        .start()
+        .await
+        .unwrap();
+    let client = common::client(&node, 20).await;
+    for _ in 0..3 {
+        let err = echo(&client, "x").await.unwrap_err();
+        assert_eq!(err.wire_code(), Some("internal_error"));
+    }
+    let v: hearthnet_sdk::proto::hearthnet::protocol::v1::ListVersionsResponse = client
+        .unary(
+            "protocol.version.list",
+            "1.0",
+            &hearthnet_sdk::proto::hearthnet::protocol::v1::ListVersionsRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.output.unwrap().preferred, hearthnet_sdk::PROTOCOL_VERSION);
+    node.shutdown().await;
+}

@@ -76,6 +76,8 @@ pub struct EventType {
     pub payload: &'static str,
     /// Whether the event never leaves the node.
     pub local_only: bool,
+    /// Whether it is published to subscribers without being logged.
+    pub ephemeral: bool,
 }
 
 mod generated {

@@ -214,7 +214,8 @@ impl Bus {
                 local: RwLock::new(BTreeMap::new()),
                 remote: RwLock::new(BTreeMap::new()),
                 health: Mutex::new(HashMap::new()),
-                replay: Mutex::new(ReplayGuard::new(100_000)),
+                // Room for about 8,000 calls per second over the window.
+                replay: Mutex::new(ReplayGuard::new(1_000_000)),
                 per_cap: RateLimiter::keyed(quota(k::RATE_LIMIT_HARD_RPS_PER_CAP)),
                 per_caller: RateLimiter::keyed(quota(k::RATE_LIMIT_HARD_RPS_TOTAL)),
                 soft: RateLimiter::keyed(quota(k::RATE_LIMIT_SOFT_RPS_PER_CAP)),
@@ -854,8 +855,12 @@ impl Bus {
             cancel: cancel.clone(),
         };
         let (sink, mut items) = Sink::channel(16);
-        let mut task = tokio::spawn(service.call(req, sink));
-        let _abort = AbortOnDrop(task.abort_handle(), cancel.clone());
+        // The service runs inside this task; leaving the loop drops (and so
+        // cancels) its future, and the guard cancels its token.
+        let task =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(service.call(req, sink)));
+        tokio::pin!(task);
+        let _cancel = cancel.drop_guard();
 
         let mut transcript = Transcript::new();
         let mut seq = 0u64;
@@ -899,10 +904,9 @@ impl Bus {
                     }
                 }
                 joined = &mut task, if result.is_none() => {
-                    result = Some(match joined {
-                        Ok(r) => r,
-                        Err(e) => Err(CallError::internal(format!("service task failed: {e}"))),
-                    });
+                    result = Some(joined.unwrap_or_else(|_| {
+                        Err(CallError::internal(format!("{} panicked", cap.name)))
+                    }));
                     // Drain what the service sent before finishing.
                     while let Ok(item) = items.try_recv() {
                         if let Item::Data(bytes) = item {
@@ -1315,15 +1319,6 @@ impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         self.1.in_flight.dec();
-    }
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle, CancellationToken);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.1.cancel();
-        self.0.abort();
     }
 }
 
