@@ -74,11 +74,17 @@ pub enum Domain {
     RegistryEntry,
     /// A relay's endorsement of its next key (decision 0036).
     RelayKeyEndorsement,
+    /// A snapshot of the community log's views (decision 0050).
+    EventSnapshot,
+    /// An E2E signed prekey (decision 0065).
+    E2eSignedPrekey,
+    /// An E2E group message: two fields, the AAD and BLAKE3 of the ciphertext (decision 0066).
+    E2eGroupMessage,
 }
 
 impl Domain {
     /// Every domain.
-    pub const ALL: [Domain; 26] = [
+    pub const ALL: [Domain; 29] = [
         Domain::BusCall,
         Domain::StreamDone,
         Domain::NodeManifest,
@@ -105,6 +111,9 @@ impl Domain {
         Domain::DhtValue,
         Domain::RegistryEntry,
         Domain::RelayKeyEndorsement,
+        Domain::EventSnapshot,
+        Domain::E2eSignedPrekey,
+        Domain::E2eGroupMessage,
     ];
 
     /// The ASCII name written into the signing input.
@@ -136,6 +145,9 @@ impl Domain {
             Domain::DhtValue => "dht.value",
             Domain::RegistryEntry => "protocol.registry.entry",
             Domain::RelayKeyEndorsement => "relay.key.endorsement",
+            Domain::EventSnapshot => "event.snapshot",
+            Domain::E2eSignedPrekey => "e2e.signed_prekey",
+            Domain::E2eGroupMessage => "e2e.group.message",
         }
     }
 
