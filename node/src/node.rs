@@ -282,14 +282,8 @@ impl RunningNode {
 }
 
 async fn refresh_peer(bus: &Bus, url: &str) -> Result<String, String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = hearthnet_sdk::client::Client::with_channel(channel, bus.key().clone());
+    // The same cached connection the bus forwards calls over.
+    let client = bus.peer_client(url).map_err(|e| e.to_string())?;
     let resp: nodepb::ManifestResponse = client
         .unary("node.manifest", "1.0", &nodepb::ManifestRequest::default())
         .await

@@ -62,6 +62,30 @@ async fn still_serving(node: &RunningNode, c: &Client) {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 }
 
+/// The `X-HearthNet-*` headers (BUS-036) of a signed JSON call.
+fn signed_headers(call: &CallRequest) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("X-HearthNet-Capability", call.capability.clone()),
+        ("X-HearthNet-Capability-Version", call.min_version.clone()),
+        ("X-HearthNet-Request-Id", call.request_id.clone()),
+        ("X-HearthNet-From", call.caller.clone()),
+        (
+            "X-HearthNet-Timestamp",
+            call.timestamp.unwrap().to_rfc3339().unwrap(),
+        ),
+        (
+            "X-HearthNet-Signature",
+            hearthnet_sdk::identity::SignatureBytes::from_slice(&call.signature)
+                .unwrap()
+                .to_string(),
+        ),
+    ];
+    if !call.community.is_empty() {
+        h.push(("X-HearthNet-Community", call.community.clone()));
+    }
+    h
+}
+
 async fn setup() -> (tempfile::TempDir, RunningNode, Client) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path());
@@ -323,46 +347,19 @@ async fn http_bad_inputs_get_typed_errors() {
     assert!(body.contains("schema_mismatch"), "{body}");
 
     // Signed by a stranger, with a broken signature.
-    let k = common::key(41);
     let mut call = c.request("diag.echo", "1.0", PayloadEncoding::Json, b"{}".to_vec());
     call.signature[0] ^= 1;
-    let sig = hearthnet_sdk::identity::SignatureBytes::from_slice(&call.signature)
-        .unwrap()
-        .to_string();
-    let ts = call.timestamp.unwrap().to_rfc3339().unwrap();
-    let headers = vec![
-        ("X-HearthNet-Capability", "diag.echo".to_string()),
-        ("X-HearthNet-Capability-Version", "1.0".to_string()),
-        ("X-HearthNet-Request-Id", call.request_id.clone()),
-        ("X-HearthNet-From", k.node_id().to_string()),
-        ("X-HearthNet-Timestamp", ts.clone()),
-        ("X-HearthNet-Signature", sig),
-    ];
-    let (status, _, body) = post(headers, b"{}").await;
+    let (status, _, body) = post(signed_headers(&call), b"{}").await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("invalid_signature"));
 
     // The same call correctly signed succeeds (HTTP signing uses the bus
     // signing input with encoding JSON over the exact body).
     let call = c.request("diag.echo", "1.0", PayloadEncoding::Json, b"{}".to_vec());
-    let sig = hearthnet_sdk::identity::SignatureBytes::from_slice(&call.signature)
-        .unwrap()
-        .to_string();
-    let headers = vec![
-        ("X-HearthNet-Capability", "diag.echo".to_string()),
-        ("X-HearthNet-Capability-Version", "1.0".to_string()),
-        ("X-HearthNet-Request-Id", call.request_id.clone()),
-        ("X-HearthNet-From", k.node_id().to_string()),
-        (
-            "X-HearthNet-Timestamp",
-            call.timestamp.unwrap().to_rfc3339().unwrap(),
-        ),
-        ("X-HearthNet-Signature", sig.clone()),
-    ];
-    let (status, _, body) = post(headers.clone(), b"{}").await;
+    let (status, _, body) = post(signed_headers(&call), b"{}").await;
     assert_eq!(status, 200, "{body}");
     // Replayed.
-    let (status, _, body) = post(headers, b"{}").await;
+    let (status, _, body) = post(signed_headers(&call), b"{}").await;
     assert_eq!(status, 401, "{body}");
 
     // Wrong community (signed), member-only capability.
@@ -375,24 +372,7 @@ async fn http_bad_inputs_get_typed_errors() {
         PayloadEncoding::Json,
         b"{}".to_vec(),
     );
-    let headers = vec![
-        ("X-HearthNet-Capability", "node.capabilities".to_string()),
-        ("X-HearthNet-Capability-Version", "1.0".to_string()),
-        ("X-HearthNet-Request-Id", call.request_id.clone()),
-        ("X-HearthNet-From", k.node_id().to_string()),
-        ("X-HearthNet-Community", call.community.clone()),
-        (
-            "X-HearthNet-Timestamp",
-            call.timestamp.unwrap().to_rfc3339().unwrap(),
-        ),
-        (
-            "X-HearthNet-Signature",
-            hearthnet_sdk::identity::SignatureBytes::from_slice(&call.signature)
-                .unwrap()
-                .to_string(),
-        ),
-    ];
-    let (status, _, body) = post(headers, b"{}").await;
+    let (status, _, body) = post(signed_headers(&call), b"{}").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not_federated"), "{body}");
 

@@ -808,24 +808,13 @@ impl Bus {
             return (e.code.wire_name().into(), 0, String::new(), "local");
         };
         // Claim a slot atomically.
-        let claimed = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            if max == 0 || n < max {
-                Some(n + 1)
-            } else {
-                None
+        let _slot = match SlotGuard::claim(cap, in_flight, max, &self.inner.metrics) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let _ = tx.send(error_frame(0, &e)).await;
+                return (e.code.wire_name().into(), 0, String::new(), "local");
             }
-        });
-        if claimed.is_err() {
-            let e = CallError::new(
-                ErrorCode::CapacityExceeded,
-                format!("{} is at its concurrency limit ({max})", cap.name),
-            )
-            .retry_after(1000);
-            let _ = tx.send(error_frame(0, &e)).await;
-            return (e.code.wire_name().into(), 0, String::new(), "local");
-        }
-        let _slot = SlotGuard(in_flight, self.inner.metrics.clone());
-        self.inner.metrics.in_flight.inc();
+        };
 
         let json = call.encoding == PayloadEncoding::Json as i32;
         let payload = if json {
@@ -874,20 +863,10 @@ impl Bus {
                 item = items.recv(), if items_open => {
                     match item {
                         Some(Item::Data(bytes)) => {
-                            if cap.streaming == Streaming::Unary && transcript.frames() >= 1 {
-                                result = Some(Err(CallError::internal("unary capability produced two responses")));
-                                break;
-                            }
-                            let bytes = if json {
-                                match hearthnet_sdk::json::proto_bytes_to_json(cap.response, &bytes) {
-                                    Ok(t) => t.into_bytes(),
-                                    Err(e) => { result = Some(Err(CallError::internal(e.to_string()))); break; }
-                                }
-                            } else { bytes };
-                            if bytes.len() > k::BUS_MAX_PAYLOAD_BYTES as usize {
-                                result = Some(Err(CallError::internal("response frame exceeds the payload limit")));
-                                break;
-                            }
+                            let bytes = match wire_data(cap, json, transcript.frames(), bytes) {
+                                Ok(b) => b,
+                                Err(e) => { result = Some(Err(e)); break; }
+                            };
                             transcript.push(seq, &bytes);
                             if tx.send(Frame { seq, kind: Some(frame::Kind::Data(bytes)) }).await.is_err() {
                                 return ("timeout".into(), transcript.frames(), String::new(), "local");
@@ -910,16 +889,10 @@ impl Bus {
                     // Drain what the service sent before finishing.
                     while let Ok(item) = items.try_recv() {
                         if let Item::Data(bytes) = item {
-                            if cap.streaming == Streaming::Unary && transcript.frames() >= 1 {
-                                result = Some(Err(CallError::internal("unary capability produced two responses")));
-                                break;
-                            }
-                            let bytes = if json {
-                                match hearthnet_sdk::json::proto_bytes_to_json(cap.response, &bytes) {
-                                    Ok(t) => t.into_bytes(),
-                                    Err(e) => { result = Some(Err(CallError::internal(e.to_string()))); break; }
-                                }
-                            } else { bytes };
+                            let bytes = match wire_data(cap, json, transcript.frames(), bytes) {
+                                Ok(b) => b,
+                                Err(e) => { result = Some(Err(e)); break; }
+                            };
                             transcript.push(seq, &bytes);
                             if tx.send(Frame { seq, kind: Some(frame::Kind::Data(bytes)) }).await.is_err() {
                                 return ("timeout".into(), transcript.frames(), String::new(), "local");
@@ -975,7 +948,9 @@ impl Bus {
         }
     }
 
-    fn client_for(&self, endpoint: &str) -> Result<Client, CallError> {
+    /// The (cached, lazily connected) client for a peer endpoint, signing as
+    /// this node.
+    pub fn peer_client(&self, endpoint: &str) -> Result<Client, CallError> {
         let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(endpoint) {
             return Ok(c.clone());
@@ -1076,7 +1051,7 @@ impl Bus {
         remaining: Duration,
         tx: &mpsc::Sender<Frame>,
     ) -> Relay {
-        let client = match self.client_for(&entry.endpoint) {
+        let client = match self.peer_client(&entry.endpoint) {
             Ok(c) => c,
             Err(error) => {
                 return Relay::Failed {
@@ -1221,22 +1196,7 @@ impl Bus {
         let Some((cap, service, in_flight, max)) = local else {
             return self.unary_signed(capability, min_version, payload).await;
         };
-        let claimed = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            if max == 0 || n < max {
-                Some(n + 1)
-            } else {
-                None
-            }
-        });
-        if claimed.is_err() {
-            return Err(CallError::new(
-                ErrorCode::CapacityExceeded,
-                format!("{} is at its concurrency limit ({max})", cap.name),
-            )
-            .retry_after(1000));
-        }
-        let _slot = SlotGuard(in_flight, self.inner.metrics.clone());
-        self.inner.metrics.in_flight.inc();
+        let _slot = SlotGuard::claim(cap, in_flight, max, &self.inner.metrics)?;
         let timeout = cap_timeout(cap);
         let cancel = CancellationToken::new();
         let req = Request {
@@ -1315,11 +1275,67 @@ enum Relay {
 
 struct SlotGuard(Arc<AtomicU32>, Arc<Metrics>);
 
+impl SlotGuard {
+    /// Takes one of a local provider's `max` slots (0 = unlimited), or
+    /// refuses with `capacity_exceeded`.
+    fn claim(
+        cap: &Capability,
+        in_flight: Arc<AtomicU32>,
+        max: u32,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, CallError> {
+        let claimed = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            if max == 0 || n < max {
+                Some(n + 1)
+            } else {
+                None
+            }
+        });
+        if claimed.is_err() {
+            return Err(CallError::new(
+                ErrorCode::CapacityExceeded,
+                format!("{} is at its concurrency limit ({max})", cap.name),
+            )
+            .retry_after(1000));
+        }
+        metrics.in_flight.inc();
+        Ok(Self(in_flight, metrics.clone()))
+    }
+}
+
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
         self.1.in_flight.dec();
     }
+}
+
+/// One data frame as it goes on the wire: at most one for a unary
+/// capability, converted to JSON for a JSON caller, within the payload limit.
+fn wire_data(
+    cap: &Capability,
+    json: bool,
+    frames_so_far: u64,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, CallError> {
+    if cap.streaming == Streaming::Unary && frames_so_far >= 1 {
+        return Err(CallError::internal(
+            "unary capability produced two responses",
+        ));
+    }
+    let bytes = if json {
+        hearthnet_sdk::json::proto_bytes_to_json(cap.response, &bytes)
+            .map_err(|e| CallError::internal(e.to_string()))?
+            .into_bytes()
+    } else {
+        bytes
+    };
+    if bytes.len() > k::BUS_MAX_PAYLOAD_BYTES as usize {
+        return Err(CallError::internal(
+            "response frame exceeds the payload limit",
+        ));
+    }
+    Ok(bytes)
 }
 
 fn load(in_flight: &AtomicU32, max: u32) -> f64 {
