@@ -156,13 +156,35 @@ impl Default for IdentityConfig {
 }
 
 /// `[community]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CommunityConfig {
-    /// Community id (the root's NodeID); unset means no community yet.
+    /// Community id (the root's NodeID); unset means no community yet. A
+    /// node whose own NodeID is the id founds the community on first start.
     pub community_id: Option<String>,
-    /// Community state directory. Default `<DATA>/communities/<id>`.
+    /// Display name written into `community.created` when this node founds it.
+    pub name: String,
+    /// Community state directory (event log, snapshots). Default
+    /// `<DATA>/communities/<first 16 hex digits of BLAKE3(id)>`.
     pub state_dir: Option<PathBuf>,
+    /// Seconds between sync rounds with each peer (EVT-034: 300).
+    pub sync_interval_seconds: u64,
+    /// `fdatasync` every event write (survives power loss); otherwise each
+    /// write reaches the OS before it is acknowledged (survives a crash of
+    /// the node process).
+    pub fsync_every_event: bool,
+}
+
+impl Default for CommunityConfig {
+    fn default() -> Self {
+        Self {
+            community_id: None,
+            name: "HearthNet community".into(),
+            state_dir: None,
+            sync_interval_seconds: 300,
+            fsync_every_event: false,
+        }
+    }
 }
 
 /// `[trust]`: NodeIDs with a trust level, used until the community event log
@@ -680,6 +702,15 @@ impl Config {
         if let Some(id) = &self.community.community_id {
             node_id("community.community_id", id)?;
         }
+        if !(5..=86_400).contains(&self.community.sync_interval_seconds) {
+            return Err(rule(
+                "community.sync_interval_seconds",
+                format!(
+                    "{} is outside 5..=86400",
+                    self.community.sync_interval_seconds
+                ),
+            ));
+        }
         for (key, list) in [
             ("trust.members", &self.trust.members),
             ("trust.trusted", &self.trust.trusted),
@@ -851,6 +882,20 @@ impl Config {
             Some(p) => Ok(p.clone()),
             None => Ok(self.data_dir()?.join("keys")),
         }
+    }
+
+    /// The community state directory, when a community is configured.
+    pub fn community_dir(&self) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(id) = &self.community.community_id else {
+            return Ok(None);
+        };
+        if let Some(p) = &self.community.state_dir {
+            return Ok(Some(p.clone()));
+        }
+        let h = blake3::hash(id.as_bytes()).to_hex();
+        Ok(Some(
+            self.data_dir()?.join("communities").join(&h.as_str()[..16]),
+        ))
     }
 
     /// The node key file.

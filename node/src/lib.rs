@@ -11,6 +11,7 @@
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod node;
 pub mod obs;
 pub mod services;

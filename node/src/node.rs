@@ -18,6 +18,8 @@ use hearthnet_sdk::proto::hearthnet::node::v1 as nodepb;
 
 use crate::bus::{Bus, Service, Settings, Trust};
 use crate::config::{Config, ConfigError};
+use crate::events::sync::EventService;
+use crate::events::{Durability, EventLog};
 use crate::obs::{Metrics, TraceRing};
 use crate::services::builtin::{Diag, Introspection, NodeInfo};
 use crate::transport::{self, Limits, http::HttpState};
@@ -54,6 +56,9 @@ pub enum StartError {
     /// Two services offer one capability.
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
+    /// The community event log cannot be opened.
+    #[error("event log: {0}")]
+    Events(#[from] crate::events::EventError),
 }
 
 /// Loads the node key, creating it (0600) when allowed.
@@ -173,6 +178,29 @@ impl NodeBuilder {
         if self.diag {
             bus.register(Diag::new(&bus))?;
         }
+        let events = match config.community_dir()? {
+            None => None,
+            Some(dir) => {
+                let community = config.community.community_id.clone().unwrap_or_default();
+                let durability = if config.community.fsync_every_event {
+                    Durability::Power
+                } else {
+                    Durability::Process
+                };
+                let log = EventLog::open(
+                    &dir.join("events"),
+                    durability,
+                    key.clone(),
+                    &community,
+                    &config.community.name,
+                )?;
+                log.attach(&bus);
+                bus.register(EventService::new(log.clone()))?;
+                bus.register(crate::events::community::CommunityService::new(log.clone()))?;
+                log.start();
+                Some(log)
+            }
+        };
         for s in self.services {
             bus.register(s)?;
         }
@@ -190,12 +218,22 @@ impl NodeBuilder {
         };
         let server = tokio::spawn(transport::serve(listener, app, limits, shutdown.clone()));
         let refresh = Duration::from_secs(config.discovery.refresh_seconds);
+        if let Some(log) = &events {
+            crate::events::sync::spawn_loop(
+                log.clone(),
+                bus.clone(),
+                Duration::from_secs(config.community.sync_interval_seconds),
+                shutdown.clone(),
+            );
+        }
         let node = RunningNode {
             addr: local,
             bus,
             shutdown,
             server,
             refresh,
+            events,
+            introspection,
         };
         for peer in &config.discovery.static_peers {
             node.add_peer(peer);
@@ -212,6 +250,8 @@ pub struct RunningNode {
     shutdown: CancellationToken,
     server: JoinHandle<()>,
     refresh: Duration,
+    events: Option<EventLog>,
+    introspection: Arc<Introspection>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -236,6 +276,28 @@ impl RunningNode {
     /// The bus.
     pub fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    /// The community event log, when a community is configured.
+    pub fn events(&self) -> Option<&EventLog> {
+        self.events.as_ref()
+    }
+
+    /// Joins the configured community: syncs with `inviter_url` as a pending
+    /// invitee, authors `community.member.joined` redeeming the invite found
+    /// in the log, and pushes it back.
+    pub async fn join_community(&self, inviter_url: &str) -> Result<String, String> {
+        let log = self.events.as_ref().ok_or("no community configured")?;
+        crate::events::sync::round(log, inviter_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (bytes, _) = self.introspection.signed_manifest();
+        let env = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+        let joined = log.join(env).map_err(|e| e.to_string())?;
+        crate::events::sync::round(log, inviter_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(joined.id)
     }
 
     /// Follows a peer at `url`: fetches and verifies its signed manifest now
@@ -267,7 +329,7 @@ impl RunningNode {
     /// grace period) and returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        let _ = self.server.await;
+        self.wait().await;
     }
 
     /// A token that stops the node when cancelled.
@@ -277,7 +339,13 @@ impl RunningNode {
 
     /// Waits until the server loop ends.
     pub async fn wait(self) {
-        let _ = self.server.await;
+        let RunningNode { server, events, .. } = self;
+        let _ = server.await;
+        if let Some(log) = events
+            && let Err(e) = log.snapshot_now()
+        {
+            tracing::warn!(error = %e, "could not write a snapshot of the views");
+        }
     }
 }
 

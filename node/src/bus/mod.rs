@@ -168,6 +168,16 @@ struct Inner {
     verifier: verify::Verifier,
     metrics: Arc<Metrics>,
     traces: Arc<TraceRing>,
+    trust_source: RwLock<Option<Arc<dyn TrustSource>>>,
+}
+
+/// Where trust levels come from besides the static configuration: the
+/// community's membership view (decision 0048).
+pub trait TrustSource: Send + Sync + 'static {
+    /// The level of a member; `None` for a non-member.
+    fn trust(&self, node: &NodeId) -> Option<Trust>;
+    /// Whether the node was revoked (its calls are refused, EVT-054).
+    fn is_revoked(&self, node: &NodeId) -> bool;
 }
 
 /// The capability bus. Cheap to clone.
@@ -223,8 +233,19 @@ impl Bus {
                 verifier: verify::Verifier::start(),
                 metrics,
                 traces,
+                trust_source: RwLock::new(None),
             }),
         }
+    }
+
+    /// Takes trust levels from `source` (the membership view) from now on;
+    /// the static lists of the configuration still apply where higher.
+    pub fn set_trust_source(&self, source: Arc<dyn TrustSource>) {
+        *self
+            .inner
+            .trust_source
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     /// This node's id.
@@ -390,12 +411,33 @@ impl Bus {
         if *caller == self.inner.me {
             return Trust::Operator;
         }
-        self.inner
+        let fixed = self
+            .inner
             .settings
             .trust
             .get(caller_text)
             .copied()
-            .unwrap_or(Trust::Unknown)
+            .unwrap_or(Trust::Unknown);
+        let source = self
+            .inner
+            .trust_source
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let folded = source
+            .and_then(|s| s.trust(caller))
+            .unwrap_or(Trust::Unknown);
+        fixed.max(folded)
+    }
+
+    fn is_revoked(&self, caller: &NodeId) -> bool {
+        let source = self
+            .inner
+            .trust_source
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        source.is_some_and(|s| s.is_revoked(caller))
     }
 
     /// Signs a call as this node (for the node's own callers: CLI, UI, services).
@@ -576,6 +618,12 @@ impl Bus {
         // counts as `unknown` (decision 0074).
         let foreign = !call.community.is_empty()
             && self.inner.settings.community.as_deref() != Some(call.community.as_str());
+        if self.is_revoked(&caller) {
+            return Err(CallError::new(
+                ErrorCode::Revoked,
+                "caller was revoked from the community",
+            ));
+        }
         let trust = if foreign {
             Trust::Unknown
         } else {

@@ -1,0 +1,621 @@
+//! Sync on the bus (decision 0046): the `event.*` capabilities a node serves
+//! and the round a node runs with a peer (EVT-027 … EVT-043).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use hearthnet_sdk::client::{CallItem, Client, ClientError};
+use hearthnet_sdk::constants as k;
+use hearthnet_sdk::identity::NodeId;
+use hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding;
+use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
+use hearthnet_sdk::proto::hearthnet::event::v1::{
+    self as ev, AuthorHead, EventRejection, FetchDoneFrame, FetchFrame, SeqRange, SignedEvent,
+    SyncFetchInput, SyncFetchRequest, SyncFetchResponse, SyncHeadsOutput, SyncHeadsRequest,
+    SyncHeadsResponse, SyncPushInput, SyncPushOutput, SyncPushRequest, SyncPushResponse,
+};
+use hearthnet_sdk::wkt::Timestamp;
+
+use super::{EventError, EventLog, Outcome};
+use crate::bus::{Bus, Offer, Request, Service, Sink, Trust};
+use crate::error::CallError;
+
+/// Most bytes of events in one frame or push batch, leaving room for framing.
+const BATCH_BYTES: usize = k::BUS_MAX_PAYLOAD_BYTES as usize - 64 * 1024;
+
+/// Errors of a sync round.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The peer could not be called or broke the protocol.
+    #[error("peer call failed: {0}")]
+    Client(#[from] ClientError),
+    /// The bus refused to build the call.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The local log failed.
+    #[error(transparent)]
+    Event(#[from] EventError),
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Events received from the peer and stored here.
+    pub fetched: u64,
+    /// Events the peer stored from our pushes.
+    pub pushed: u64,
+    /// Events refused on either side.
+    pub refused: u64,
+    /// Proofs received and kept.
+    pub proofs: u64,
+}
+
+/// The `event.*` capabilities of one community log.
+pub struct EventService {
+    log: EventLog,
+}
+
+impl EventService {
+    /// The service over a log.
+    pub fn new(log: EventLog) -> Arc<Self> {
+        Arc::new(Self { log })
+    }
+}
+
+enum Caller {
+    Member,
+    Invitee,
+}
+
+/// EVT-031: members and pending invitees; revoked callers get `revoked`.
+fn admit(log: &EventLog, req: &Request) -> Result<Caller, CallError> {
+    if req.trust == Trust::Operator {
+        return Ok(Caller::Member);
+    }
+    let m = log.membership();
+    let who = req.caller.to_string();
+    if m.is_revoked(&who) {
+        return Err(CallError::new(ErrorCode::Revoked, "caller is revoked"));
+    }
+    if m.is_member(&who) {
+        return Ok(Caller::Member);
+    }
+    if m.is_pending_invitee(&who, Timestamp::now().seconds) {
+        return Ok(Caller::Invitee);
+    }
+    Err(CallError::new(
+        ErrorCode::Unauthorized,
+        "caller is neither a member nor a pending invitee of the community",
+    ))
+}
+
+impl Service for EventService {
+    fn name(&self) -> &str {
+        "event"
+    }
+
+    fn offers(&self) -> Vec<Offer> {
+        [
+            "event.sync.heads",
+            "event.sync.fetch",
+            "event.sync.push",
+            "event.subscribe",
+        ]
+        .iter()
+        .filter_map(|n| Offer::of(n))
+        .collect()
+    }
+
+    fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {
+        let log = self.log.clone();
+        async move {
+            let started = Instant::now();
+            let caller = admit(&log, &req)?;
+            match req.capability.name {
+                "event.sync.heads" => {
+                    let _: SyncHeadsRequest = req.decode()?;
+                    out.send(&SyncHeadsResponse {
+                        output: Some(heads_output(&log)),
+                        meta: Some(ev::SyncHeadsMeta {
+                            ms: started.elapsed().as_millis() as u64,
+                        }),
+                    })
+                    .await
+                }
+                "event.sync.fetch" => {
+                    let r: SyncFetchRequest = req.decode()?;
+                    serve_fetch(&log, r.input.unwrap_or_default(), &out, started).await
+                }
+                "event.sync.push" => {
+                    let r: SyncPushRequest = req.decode()?;
+                    let events = r.input.unwrap_or_default().events;
+                    if events.len() > k::EVENT_SYNC_BATCH_MAX_EVENTS as usize {
+                        return Err(CallError::bad_request(format!(
+                            "a push carries at most {} events, not {}",
+                            k::EVENT_SYNC_BATCH_MAX_EVENTS,
+                            events.len()
+                        )));
+                    }
+                    if matches!(caller, Caller::Invitee) {
+                        invitee_push_ok(&req.caller, &events)?;
+                    }
+                    let raws: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+                    let log2 = log.clone();
+                    let report = tokio::task::spawn_blocking(move || log2.ingest(raws))
+                        .await
+                        .map_err(|e| CallError::internal(e.to_string()))??;
+                    let output = push_output(&report);
+                    out.send(&SyncPushResponse {
+                        output: Some(output),
+                        meta: Some(ev::SyncPushMeta {
+                            ms: started.elapsed().as_millis() as u64,
+                        }),
+                    })
+                    .await
+                }
+                "event.subscribe" => {
+                    let r: ev::SubscribeRequest = req.decode()?;
+                    serve_subscribe(&log, r.input.unwrap_or_default().topics, &out, req.cancel)
+                        .await
+                }
+                other => Err(CallError::new(
+                    ErrorCode::NotFound,
+                    format!("event service does not serve {other}"),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A pending invitee may push only its own join at seq 1 (EVT-031).
+fn invitee_push_ok(caller: &NodeId, events: &[SignedEvent]) -> Result<(), CallError> {
+    let me = caller.to_string();
+    for se in events {
+        let ok = ev::Event::decode(se.event.as_slice())
+            .is_ok_and(|e| e.author == me && e.seq == 1 && e.r#type == "community.member.joined");
+        if !ok {
+            return Err(CallError::new(
+                ErrorCode::Unauthorized,
+                "a pending invitee may push only its own community.member.joined",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn heads_output(log: &EventLog) -> SyncHeadsOutput {
+    SyncHeadsOutput {
+        heads: log
+            .heads()
+            .into_iter()
+            .map(|(author, seq, id)| AuthorHead { author, seq, id })
+            .collect(),
+        lamport: log.lamport(),
+        snapshot: String::new(),
+        proofs: log.proofs(),
+    }
+}
+
+fn push_output(report: &super::IngestReport) -> SyncPushOutput {
+    let mut out = SyncPushOutput::default();
+    for (id, o) in &report.outcomes {
+        match o {
+            Outcome::Accepted => out.accepted += 1,
+            Outcome::Duplicate => out.duplicates += 1,
+            Outcome::Rejected(r) => out.rejected.push(EventRejection {
+                id: id.clone(),
+                reason: *r as i32,
+            }),
+        }
+    }
+    out.missing = report
+        .missing
+        .iter()
+        .map(|(author, from, to)| SeqRange {
+            author: author.clone(),
+            from_seq: *from,
+            to_seq: *to,
+        })
+        .collect();
+    out
+}
+
+async fn serve_fetch(
+    log: &EventLog,
+    input: SyncFetchInput,
+    out: &Sink,
+    started: Instant,
+) -> Result<(), CallError> {
+    let mut total = 0u64;
+    let mut batch: Vec<SignedEvent> = Vec::new();
+    let mut bytes = 0usize;
+    for range in input.ranges {
+        let author = range
+            .author
+            .parse::<NodeId>()
+            .map_err(|e| CallError::bad_request(format!("range author `{}`: {e}", range.author)))?;
+        if range.from_seq == 0 {
+            return Err(CallError::bad_request("from_seq starts at 1"));
+        }
+        let mut from = range.from_seq;
+        let to = if range.to_seq == 0 {
+            u64::MAX
+        } else {
+            range.to_seq
+        };
+        while from <= to {
+            // Read one frame's worth at a time from the store.
+            let mut chunk: Vec<Vec<u8>> = Vec::new();
+            let mut last = None;
+            let room = k::EVENT_SYNC_BATCH_MAX_EVENTS as usize;
+            log.range_raw(&author, from, to, |raw| {
+                chunk.push(raw);
+                chunk.len() < room
+            })?;
+            if chunk.is_empty() {
+                break;
+            }
+            for raw in chunk {
+                let se = SignedEvent::decode(raw.as_slice())
+                    .map_err(|e| CallError::internal(format!("stored event: {e}")))?;
+                last = Some(());
+                if batch.len() >= room || bytes + raw.len() > BATCH_BYTES {
+                    total += batch.len() as u64;
+                    send_frame(out, std::mem::take(&mut batch)).await?;
+                    bytes = 0;
+                }
+                bytes += raw.len();
+                batch.push(se);
+                from += 1;
+            }
+            if last.is_none() {
+                break;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        total += batch.len() as u64;
+        send_frame(out, batch).await?;
+    }
+    out.send(&SyncFetchResponse {
+        frame: Some(ev::sync_fetch_response::Frame::Done(FetchDoneFrame {
+            events: total,
+            ms: started.elapsed().as_millis() as u64,
+        })),
+    })
+    .await
+}
+
+async fn send_frame(out: &Sink, events: Vec<SignedEvent>) -> Result<(), CallError> {
+    out.send(&SyncFetchResponse {
+        frame: Some(ev::sync_fetch_response::Frame::Batch(FetchFrame { events })),
+    })
+    .await
+}
+
+async fn serve_subscribe(
+    log: &EventLog,
+    topics: Vec<String>,
+    out: &Sink,
+    cancel: CancellationToken,
+) -> Result<(), CallError> {
+    if topics.is_empty() || topics.len() > k::EVENT_SUBSCRIBE_MAX_TOPICS as usize {
+        return Err(CallError::bad_request(format!(
+            "between 1 and {} topic filters, not {}",
+            k::EVENT_SUBSCRIBE_MAX_TOPICS,
+            topics.len()
+        )));
+    }
+    if let Some(bad) = topics.iter().find(|t| !super::filter_valid(t)) {
+        return Err(CallError::bad_request(format!(
+            "topic filter `{bad}` is not an exact topic, a prefix ending in `.*` or `*`"
+        )));
+    }
+    let (mut rx, overflow) = log.subscribe(topics);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            msg = rx.recv() => match msg {
+                Some(m) => {
+                    out.send(&ev::SubscribeResponse {
+                        frame: Some(ev::subscribe_response::Frame::Message(m)),
+                    })
+                    .await?;
+                }
+                None => {
+                    if overflow.load(Ordering::SeqCst) {
+                        return Err(CallError::new(
+                            ErrorCode::CapacityExceeded,
+                            "subscriber fell more than 256 messages behind",
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// A client for a peer, signing as this node, naming the log's community.
+fn client_for(log: &EventLog, endpoint: &str) -> Result<Client, SyncError> {
+    let client = match log.bus() {
+        Some(bus) => bus.peer_client(endpoint)?,
+        None => {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+                .map_err(|e| CallError::new(ErrorCode::Partition, e.to_string()))?
+                .tcp_nodelay(true)
+                .connect_lazy();
+            Client::with_channel(channel, log.key().clone())
+        }
+    };
+    Ok(client.with_community(log.community().to_string()))
+}
+
+/// Pushes raw events to a peer in one call.
+pub async fn push_raw(
+    log: &EventLog,
+    endpoint: &str,
+    raws: Vec<Vec<u8>>,
+) -> Result<SyncPushOutput, SyncError> {
+    let client = client_for(log, endpoint)?;
+    push_with(&client, raws).await
+}
+
+async fn push_with(client: &Client, raws: Vec<Vec<u8>>) -> Result<SyncPushOutput, SyncError> {
+    let events = raws
+        .iter()
+        .filter_map(|r| SignedEvent::decode(r.as_slice()).ok())
+        .collect();
+    let resp: SyncPushResponse = client
+        .unary(
+            "event.sync.push",
+            "1.0",
+            &SyncPushRequest {
+                params: Some(Default::default()),
+                input: Some(SyncPushInput { events }),
+            },
+        )
+        .await?;
+    Ok(resp.output.unwrap_or_default())
+}
+
+/// Runs one sync round with the peer at `endpoint` (EVT-032).
+pub async fn round(log: &EventLog, endpoint: &str) -> Result<RoundStats, SyncError> {
+    let client = client_for(log, endpoint)?;
+    round_with(log, &client).await
+}
+
+/// Runs one sync round over an existing client.
+pub async fn round_with(log: &EventLog, client: &Client) -> Result<RoundStats, SyncError> {
+    let mut stats = RoundStats::default();
+    let theirs: SyncHeadsResponse = client
+        .unary(
+            "event.sync.heads",
+            "1.0",
+            &SyncHeadsRequest {
+                params: Some(Default::default()),
+                input: Some(Default::default()),
+            },
+        )
+        .await?;
+    let theirs = theirs.output.unwrap_or_default();
+    for p in &theirs.proofs {
+        if log.add_proof(p) {
+            stats.proofs += 1;
+        }
+    }
+    let mine: BTreeMap<String, (u64, String)> = log
+        .heads()
+        .into_iter()
+        .map(|(a, s, i)| (a, (s, i)))
+        .collect();
+    let mut fetch: Vec<SeqRange> = Vec::new();
+    let mut push: Vec<(NodeId, u64)> = Vec::new();
+    let mut diverged: HashSet<String> = HashSet::new();
+    let mut seen = HashSet::new();
+    for h in &theirs.heads {
+        seen.insert(h.author.clone());
+        let (my_seq, my_id) = mine.get(&h.author).cloned().unwrap_or((0, String::new()));
+        if h.seq > my_seq {
+            fetch.push(SeqRange {
+                author: h.author.clone(),
+                from_seq: my_seq + 1,
+                to_seq: h.seq,
+            });
+        } else if h.seq == my_seq && h.id != my_id {
+            diverged.insert(h.author.clone());
+        } else if h.seq < my_seq {
+            let same = log
+                .inner_chain_id(&h.author, h.seq)
+                .is_some_and(|id| id == h.id);
+            if h.seq > 0 && !same {
+                diverged.insert(h.author.clone());
+            } else if let Ok(a) = h.author.parse::<NodeId>() {
+                push.push((a, h.seq + 1));
+            }
+        }
+    }
+    for author in mine.keys() {
+        if !seen.contains(author)
+            && let Ok(a) = author.parse::<NodeId>()
+        {
+            push.push((a, 1));
+        }
+    }
+    let fetched = fetch_ranges(log, client, fetch).await?;
+    stats.fetched += fetched.0;
+    stats.refused += fetched.1.len() as u64;
+    diverged.extend(fetched.1);
+    if !diverged.is_empty() {
+        // Fetch the diverging chains from the start: ingest finds the lowest
+        // seq where they differ and keeps that pair as proof (EVT-021).
+        let ranges = diverged
+            .into_iter()
+            .map(|author| SeqRange {
+                author,
+                from_seq: 1,
+                to_seq: 0,
+            })
+            .collect();
+        let before = log.proofs().len();
+        let more = fetch_ranges(log, client, ranges).await?;
+        stats.fetched += more.0;
+        stats.proofs += (log.proofs().len() - before) as u64;
+    }
+    let mut missing: Vec<(NodeId, u64, u64)> = Vec::new();
+    for (author, from) in push {
+        let out = push_range(log, client, &author, from, 0).await?;
+        stats.pushed += out.0;
+        stats.refused += out.1;
+        missing.extend(out.2);
+    }
+    // Whatever the peer still lacks (EVT-035).
+    for (author, from, to) in missing {
+        let out = push_range(log, client, &author, from, to).await?;
+        stats.pushed += out.0;
+        stats.refused += out.1;
+    }
+    let log2 = log.clone();
+    let _ = tokio::task::spawn_blocking(move || log2.catch_up(|_| ())).await;
+    Ok(stats)
+}
+
+/// Fetches ranges and ingests them frame by frame, overlapping the next
+/// frame's receipt with the previous frame's ingest. Returns the number
+/// stored and the authors whose events were refused as equivocation.
+async fn fetch_ranges(
+    log: &EventLog,
+    client: &Client,
+    ranges: Vec<SeqRange>,
+) -> Result<(u64, HashSet<String>), SyncError> {
+    if ranges.is_empty() {
+        return Ok((0, HashSet::new()));
+    }
+    let req = SyncFetchRequest {
+        params: Some(Default::default()),
+        input: Some(SyncFetchInput { ranges }),
+    };
+    let call = client.request(
+        "event.sync.fetch",
+        "1.0",
+        PayloadEncoding::Proto,
+        req.encode_to_vec(),
+    );
+    let mut stream = client.send(call, Some(Duration::from_secs(300))).await?;
+    let mut stored = 0u64;
+    let mut diverged = HashSet::new();
+    let mut pending: Option<tokio::task::JoinHandle<Result<super::IngestReport, EventError>>> =
+        None;
+    let mut collect = |report: super::IngestReport, diverged: &mut HashSet<String>| {
+        stored += report.stored;
+        diverged.extend(report.equivocating.iter().cloned());
+    };
+    while let Some(item) = stream.next().await? {
+        let CallItem::Data(data) = item else { continue };
+        let frame = SyncFetchResponse::decode(data.as_slice()).map_err(ClientError::Decode)?;
+        let Some(ev::sync_fetch_response::Frame::Batch(batch)) = frame.frame else {
+            continue;
+        };
+        let raws: Vec<Vec<u8>> = batch.events.iter().map(Message::encode_to_vec).collect();
+        if let Some(h) = pending.take() {
+            let report = h.await.map_err(|e| CallError::internal(e.to_string()))??;
+            collect(report, &mut diverged);
+        }
+        let log2 = log.clone();
+        pending = Some(tokio::task::spawn_blocking(move || log2.ingest(raws)));
+    }
+    if let Some(h) = pending.take() {
+        let report = h.await.map_err(|e| CallError::internal(e.to_string()))??;
+        collect(report, &mut diverged);
+    }
+    Ok((stored, diverged))
+}
+
+/// Pushes one author's events from `from` to `to` (0 = head) in batches;
+/// returns (stored by the peer, refused, missing ranges it reported).
+async fn push_range(
+    log: &EventLog,
+    client: &Client,
+    author: &NodeId,
+    from: u64,
+    to: u64,
+) -> Result<(u64, u64, Vec<(NodeId, u64, u64)>), SyncError> {
+    let mut next = from.max(1);
+    let last = if to == 0 { u64::MAX } else { to };
+    let (mut stored, mut refused) = (0u64, 0u64);
+    let mut missing = Vec::new();
+    while next <= last {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        log.range_raw(author, next, last, |raw| {
+            bytes += raw.len();
+            batch.push(raw);
+            batch.len() < k::EVENT_SYNC_BATCH_MAX_EVENTS as usize && bytes < BATCH_BYTES
+        })?;
+        if batch.is_empty() {
+            break;
+        }
+        next += batch.len() as u64;
+        let out = push_with(client, batch).await?;
+        stored += u64::from(out.accepted);
+        refused += out.rejected.len() as u64;
+        for m in out.missing {
+            if let Ok(a) = m.author.parse::<NodeId>() {
+                missing.push((a, m.from_seq, m.to_seq));
+            }
+        }
+    }
+    Ok((stored, refused, missing))
+}
+
+/// Runs sync rounds in the background: with every peer every `interval`
+/// (±10 % jitter, EVT-034) and at once with a peer that just appeared
+/// (EVT-035), until `stop` is cancelled.
+pub fn spawn_loop(log: EventLog, bus: Bus, interval: Duration, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut known: HashSet<String> = HashSet::new();
+        let mut next_full = Instant::now() + jitter(interval);
+        let me = log.node_id().to_string();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let peers: Vec<(String, String)> =
+                bus.peers().into_iter().filter(|(n, _)| *n != me).collect();
+            let full = Instant::now() >= next_full;
+            for (node, endpoint) in &peers {
+                let new = known.insert(node.clone());
+                if !(new || full) {
+                    continue;
+                }
+                match round(&log, endpoint).await {
+                    Ok(s) => tracing::debug!(peer = %node, ?s, "sync round"),
+                    Err(e) => {
+                        tracing::debug!(peer = %node, error = %e, "sync round failed");
+                        // Try again on the next tick.
+                        known.remove(node);
+                    }
+                }
+            }
+            known.retain(|n| peers.iter().any(|(p, _)| p == n));
+            if full {
+                next_full = Instant::now() + jitter(interval);
+            }
+        }
+    });
+}
+
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = 0.9 + rand::random::<f64>() * 0.2;
+    d.mul_f64(f)
+}
