@@ -201,6 +201,7 @@ impl std::fmt::Debug for EventLog {
 /// A parsed, not yet verified event.
 struct Parsed {
     raw: Vec<u8>,
+    body: Vec<u8>,
     id: B32,
     ev: Event,
     author: NodeId,
@@ -229,8 +230,14 @@ fn parse(raw: Vec<u8>) -> Result<Parsed, (B32, SyncRejectReason)> {
         return Err((id, SyncRejectReason::Malformed));
     }
     let se = SignedEvent::decode(raw.as_slice()).map_err(bad)?;
-    // Canonical layout (decision 0045): field 1 then field 2, once each.
-    if se.encode_to_vec() != raw || se.event.is_empty() || se.signature.len() != 64 {
+    // Canonical layout (decision 0045): field 1 then field 2, once each,
+    // minimal lengths, nothing else — the re-encoding has the same length
+    // and starts with field 1.
+    if raw.first() != Some(&0x0a)
+        || se.encoded_len() != raw.len()
+        || se.event.is_empty()
+        || se.signature.len() != 64
+    {
         return Err((id, SyncRejectReason::Malformed));
     }
     let ev = Event::decode(se.event.as_slice()).map_err(bad)?;
@@ -243,6 +250,7 @@ fn parse(raw: Vec<u8>) -> Result<Parsed, (B32, SyncRejectReason)> {
         .map_err(|_| (id, SyncRejectReason::Malformed))?;
     Ok(Parsed {
         raw,
+        body: se.event,
         id,
         ev,
         author,
@@ -251,10 +259,8 @@ fn parse(raw: Vec<u8>) -> Result<Parsed, (B32, SyncRejectReason)> {
 }
 
 impl Parsed {
-    fn event_bytes(&self) -> Result<Vec<u8>, SyncRejectReason> {
-        SignedEvent::decode(self.raw.as_slice())
-            .map(|s| s.event)
-            .map_err(|_| SyncRejectReason::Malformed)
+    fn event_bytes(&self) -> Result<&[u8], SyncRejectReason> {
+        Ok(&self.body)
     }
 
     fn order(&self) -> OrderKey {
@@ -956,7 +962,7 @@ impl EventLog {
             let Ok(bytes) = p.event_bytes() else {
                 return Ok(false);
             };
-            if signing::verify_envelope(&p.author, Domain::Event, &bytes, &p.sig).is_err() {
+            if signing::verify_envelope(&p.author, Domain::Event, bytes, &p.sig).is_err() {
                 return Ok(false);
             }
         }
@@ -1113,7 +1119,7 @@ impl EventLog {
                 let check = (|| {
                     let p = parse(raw).map_err(|(_, r)| format!("{r:?}"))?;
                     let body = p.event_bytes().map_err(|r| format!("{r:?}"))?;
-                    signing::verify_envelope(&p.author, Domain::Event, &body, &p.sig)
+                    signing::verify_envelope(&p.author, Domain::Event, body, &p.sig)
                         .map_err(|e| format!("signature: {e}"))?;
                     if p.ev.seq != seq + 1 || p.ev.prev != prev || p.ev.lamport <= lamport {
                         return Err(format!("chain broken at seq {}", p.ev.seq));
@@ -1252,15 +1258,11 @@ fn verify_all(parsed: Vec<Parsed>) -> (Vec<Parsed>, Vec<B32>) {
     if parsed.is_empty() {
         return (parsed, Vec::new());
     }
-    let bodies: Vec<Option<Vec<u8>>> = parsed.iter().map(|p| p.event_bytes().ok()).collect();
+    let bodies: Vec<Option<&[u8]>> = parsed.iter().map(|p| p.event_bytes().ok()).collect();
     let verify_chunk = |chunk: &[(usize, &Parsed)]| -> bool {
         let items: Vec<(NodeId, Domain, &[u8], &[u8])> = chunk
             .iter()
-            .filter_map(|(i, p)| {
-                bodies[*i]
-                    .as_deref()
-                    .map(|b| (p.author, Domain::Event, b, p.sig.as_slice()))
-            })
+            .filter_map(|(i, p)| bodies[*i].map(|b| (p.author, Domain::Event, b, p.sig.as_slice())))
             .collect();
         items.len() == chunk.len() && signing::verify_envelopes_batch(&items).is_ok()
     };
@@ -1279,13 +1281,18 @@ fn verify_all(parsed: Vec<Parsed>) -> (Vec<Parsed>, Vec<B32>) {
     if ok {
         return (parsed, Vec::new());
     }
+    let valid: Vec<bool> = parsed
+        .iter()
+        .zip(&bodies)
+        .map(|(p, b)| {
+            b.is_some_and(|b| signing::verify_envelope(&p.author, Domain::Event, b, &p.sig).is_ok())
+        })
+        .collect();
+    drop(bodies);
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for (i, p) in parsed.into_iter().enumerate() {
-        let valid = bodies[i]
-            .as_deref()
-            .is_some_and(|b| signing::verify_envelope(&p.author, Domain::Event, b, &p.sig).is_ok());
-        if valid { good.push(p) } else { bad.push(p.id) }
+    for (p, v) in parsed.into_iter().zip(valid) {
+        if v { good.push(p) } else { bad.push(p.id) }
     }
     (good, bad)
 }

@@ -17,9 +17,9 @@ use hearthnet_sdk::identity::NodeId;
 use hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding;
 use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
 use hearthnet_sdk::proto::hearthnet::event::v1::{
-    self as ev, AuthorHead, EventRejection, FetchDoneFrame, FetchFrame, SeqRange, SignedEvent,
-    SyncFetchInput, SyncFetchRequest, SyncFetchResponse, SyncHeadsOutput, SyncHeadsRequest,
-    SyncHeadsResponse, SyncPushInput, SyncPushOutput, SyncPushRequest, SyncPushResponse,
+    self as ev, AuthorHead, EventRejection, FetchDoneFrame, SeqRange, SignedEvent, SyncFetchInput,
+    SyncFetchRequest, SyncFetchResponse, SyncHeadsOutput, SyncHeadsRequest, SyncHeadsResponse,
+    SyncPushInput, SyncPushOutput, SyncPushRequest, SyncPushResponse,
 };
 use hearthnet_sdk::wkt::Timestamp;
 
@@ -235,8 +235,9 @@ async fn serve_fetch(
     out: &Sink,
     started: Instant,
 ) -> Result<(), CallError> {
+    let room = k::EVENT_SYNC_BATCH_MAX_EVENTS as usize;
     let mut total = 0u64;
-    let mut batch: Vec<SignedEvent> = Vec::new();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
     let mut bytes = 0usize;
     for range in input.ranges {
         let author = range
@@ -255,8 +256,6 @@ async fn serve_fetch(
         while from <= to {
             // Read one frame's worth at a time from the store.
             let mut chunk: Vec<Vec<u8>> = Vec::new();
-            let mut last = None;
-            let room = k::EVENT_SYNC_BATCH_MAX_EVENTS as usize;
             log.range_raw(&author, from, to, |raw| {
                 chunk.push(raw);
                 chunk.len() < room
@@ -265,26 +264,21 @@ async fn serve_fetch(
                 break;
             }
             for raw in chunk {
-                let se = SignedEvent::decode(raw.as_slice())
-                    .map_err(|e| CallError::internal(format!("stored event: {e}")))?;
-                last = Some(());
                 if batch.len() >= room || bytes + raw.len() > BATCH_BYTES {
                     total += batch.len() as u64;
-                    send_frame(out, std::mem::take(&mut batch)).await?;
+                    out.send_bytes(frame_bytes(&batch)).await?;
+                    batch.clear();
                     bytes = 0;
                 }
                 bytes += raw.len();
-                batch.push(se);
+                batch.push(raw);
                 from += 1;
-            }
-            if last.is_none() {
-                break;
             }
         }
     }
     if !batch.is_empty() {
         total += batch.len() as u64;
-        send_frame(out, batch).await?;
+        out.send_bytes(frame_bytes(&batch)).await?;
     }
     out.send(&SyncFetchResponse {
         frame: Some(ev::sync_fetch_response::Frame::Done(FetchDoneFrame {
@@ -295,11 +289,61 @@ async fn serve_fetch(
     .await
 }
 
-async fn send_frame(out: &Sink, events: Vec<SignedEvent>) -> Result<(), CallError> {
-    out.send(&SyncFetchResponse {
-        frame: Some(ev::sync_fetch_response::Frame::Batch(FetchFrame { events })),
+/// A `SyncFetchResponse` whose `batch` holds the stored `SignedEvent` bytes
+/// as they are (field 1 of each message), without decoding them.
+fn frame_bytes(events: &[Vec<u8>]) -> Vec<u8> {
+    use prost::encoding::{encode_varint, encoded_len_varint};
+    let inner: usize = events
+        .iter()
+        .map(|r| 1 + encoded_len_varint(r.len() as u64) + r.len())
+        .sum();
+    let mut out = Vec::with_capacity(inner + 11);
+    out.push(0x0a);
+    encode_varint(inner as u64, &mut out);
+    for r in events {
+        out.push(0x0a);
+        encode_varint(r.len() as u64, &mut out);
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// The events of a fetch frame as raw `SignedEvent` bytes; `None` for the
+/// `done` frame. Other layouts fall back to a full decode.
+fn frame_events(data: &[u8]) -> Result<Option<Vec<Vec<u8>>>, ClientError> {
+    fn field(buf: &mut &[u8]) -> Option<(u8, Vec<u8>)> {
+        let (&tag, rest) = buf.split_first()?;
+        let mut rest = rest;
+        let len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
+        let body = rest.get(..len)?.to_vec();
+        *buf = &rest[len..];
+        Some((tag, body))
+    }
+    let mut buf = data;
+    if let Some((0x0a, inner)) = field(&mut buf)
+        && buf.is_empty()
+    {
+        let mut events = Vec::new();
+        let mut rest = inner.as_slice();
+        while !rest.is_empty() {
+            match field(&mut rest) {
+                Some((0x0a, raw)) => events.push(raw),
+                _ => return decode_frame(data),
+            }
+        }
+        return Ok(Some(events));
+    }
+    decode_frame(data)
+}
+
+fn decode_frame(data: &[u8]) -> Result<Option<Vec<Vec<u8>>>, ClientError> {
+    let frame = SyncFetchResponse::decode(data)?;
+    Ok(match frame.frame {
+        Some(ev::sync_fetch_response::Frame::Batch(b)) => {
+            Some(b.events.iter().map(Message::encode_to_vec).collect())
+        }
+        _ => None,
     })
-    .await
 }
 
 async fn serve_subscribe(
@@ -521,11 +565,9 @@ async fn fetch_ranges(
     };
     while let Some(item) = stream.next().await? {
         let CallItem::Data(data) = item else { continue };
-        let frame = SyncFetchResponse::decode(data.as_slice()).map_err(ClientError::Decode)?;
-        let Some(ev::sync_fetch_response::Frame::Batch(batch)) = frame.frame else {
+        let Some(raws) = frame_events(&data)? else {
             continue;
         };
-        let raws: Vec<Vec<u8>> = batch.events.iter().map(Message::encode_to_vec).collect();
         if let Some(h) = pending.take() {
             let report = h.await.map_err(|e| CallError::internal(e.to_string()))??;
             collect(report, &mut diverged);
