@@ -233,6 +233,38 @@ fn main() {
             payload_bytes += alog.get_raw(&ap.id).unwrap().len() as u64;
         }
         eprintln!("generated {n_sync} events on A in {:.1} s", started.elapsed().as_secs_f64());
+        // The serving side alone: drain one fetch of everything, no ingest.
+        {
+            use hearthnet_sdk::client::Client;
+            use hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding;
+            use hearthnet_sdk::proto::hearthnet::event::v1 as ev;
+            let client = Client::connect(&a.url(), SecretKey::from_seed([3; 32]))
+                .await
+                .unwrap()
+                .with_community(community.clone());
+            let req = ev::SyncFetchRequest {
+                params: None,
+                input: Some(ev::SyncFetchInput {
+                    ranges: vec![ev::SeqRange {
+                        author: community.clone(),
+                        from_seq: 1,
+                        to_seq: 0,
+                    }],
+                }),
+            };
+            let t = Instant::now();
+            let call = client.request("event.sync.fetch", "1.0", PayloadEncoding::Proto, req.encode_to_vec());
+            let mut s = client.send(call, None).await.unwrap();
+            let mut frames = 0;
+            while let Some(_item) = s.next().await.unwrap() {
+                frames += 1;
+            }
+            println!(
+                "serving alone: {frames} frames of {n_sync} events in {:.2} s = {:.0} events/s",
+                t.elapsed().as_secs_f64(),
+                n_sync as f64 / t.elapsed().as_secs_f64()
+            );
+        }
         let counter = Arc::new(AtomicU64::new(0));
         let paddr = proxy(a.addr(), counter.clone()).await;
         let blog = b.events().unwrap().clone();

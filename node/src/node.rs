@@ -219,6 +219,7 @@ impl NodeBuilder {
         let server = tokio::spawn(transport::serve(listener, app, limits, shutdown.clone()));
         let refresh = Duration::from_secs(config.discovery.refresh_seconds);
         if let Some(log) = &events {
+            crate::events::sync::spawn_folder(log.clone(), shutdown.clone());
             crate::events::sync::spawn_loop(
                 log.clone(),
                 bus.clone(),

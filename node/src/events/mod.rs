@@ -222,6 +222,23 @@ fn now_secs() -> i64 {
     Timestamp::now().seconds
 }
 
+/// Parses an author NodeID, caching the decompressed keys: decompression
+/// costs about as much as a batched signature check.
+fn author_id(text: &str) -> Option<NodeId> {
+    static CACHE: OnceLock<Mutex<HashMap<String, NodeId>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(id) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(text) {
+        return Some(*id);
+    }
+    let id = text.parse::<NodeId>().ok()?;
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= 4096 {
+        c.clear();
+    }
+    c.insert(text.to_string(), id);
+    Some(id)
+}
+
 /// Decodes a `SignedEvent` and checks step 1 of EVT-018 (layout, version, size).
 fn parse(raw: Vec<u8>) -> Result<Parsed, (B32, SyncRejectReason)> {
     let id = *blake3::hash(&raw).as_bytes();
@@ -244,10 +261,7 @@ fn parse(raw: Vec<u8>) -> Result<Parsed, (B32, SyncRejectReason)> {
     if ev.schema_version != 1 || ev.seq == 0 || ev.r#type.is_empty() {
         return Err((id, SyncRejectReason::Malformed));
     }
-    let author = ev
-        .author
-        .parse::<NodeId>()
-        .map_err(|_| (id, SyncRejectReason::Malformed))?;
+    let author = author_id(&ev.author).ok_or((id, SyncRejectReason::Malformed))?;
     Ok(Parsed {
         raw,
         body: se.event,
@@ -852,8 +866,9 @@ impl EventLog {
         now: i64,
         pfx: [u8; 16],
     ) -> Result<Outcome, EventError> {
-        // (4) duplicate.
-        if pending_ids.contains(&p.id) || self.inner.store.contains(&pfx, &p.id)? {
+        // (4) duplicate: stored chains are gap-free, so an event above the
+        // author's head cannot be stored yet.
+        if pending_ids.contains(&p.id) {
             return Ok(Outcome::Duplicate);
         }
         let author = *p.author.as_bytes();
@@ -862,18 +877,22 @@ impl EventLog {
             .or_else(|| st.heads.get(&author))
             .copied();
         let have = head.map_or(0, |h| h.seq);
-        // (5) chain position.
-        if p.ev.seq > have + 1 {
-            return Ok(Outcome::Rejected(SyncRejectReason::OutOfOrder));
-        }
         if p.ev.seq <= have {
-            // Another event is held at this seq: keep the pair as proof.
-            if let Some(entry) = self.inner.store.chain_at(&pfx, &author, p.ev.seq)?
+            let held = self.inner.store.chain_at(&pfx, &author, p.ev.seq)?;
+            if held.is_some_and(|e| e.id == p.id) {
+                return Ok(Outcome::Duplicate);
+            }
+            // (5) another event is held at this seq: keep the pair as proof.
+            if let Some(entry) = held
                 && let Some(first) = self.inner.store.get(&pfx, &entry.id)?
             {
                 self.add_proof_locked(st, &first, &p.raw)?;
             }
             return Ok(Outcome::Rejected(SyncRejectReason::Equivocation));
+        }
+        // (5) chain position.
+        if p.ev.seq > have + 1 {
+            return Ok(Outcome::Rejected(SyncRejectReason::OutOfOrder));
         }
         let expected_prev = head.map(|h| id_text(&h.id)).unwrap_or_default();
         if p.ev.prev != expected_prev {

@@ -6,10 +6,13 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `events` | prefix · id (32) | the `SignedEvent` bytes exactly as received |
-//! | `chain`  | prefix · author (32) · seq (u64be) | id (32) · lamport (u64be) |
+//! | `chain`  | prefix · author (32) · seq (u64be) | id (32) · lamport (u64be) · the `SignedEvent` bytes exactly as received |
+//! | `ids`    | prefix · id (32) | author (32) · seq (u64be) |
 //! | `order`  | prefix · lamport (u64be) · kind (1) · id (32) | author (32) · seq (u64be) |
 //! | `meta`   | prefix · name | counters, equivocation proofs, snapshots |
+//!
+//! The bytes live in author order, so serving a range of an author's chain
+//! (the bulk of sync) is one sequential scan without lookups.
 //!
 //! `kind` is 0 for `community.member.revoked` and 1 otherwise, so a scan of
 //! `order` is the log order of EVT-014. One event is one atomic write batch
@@ -85,7 +88,7 @@ pub struct NewEvent<'a> {
 #[derive(Clone)]
 pub struct Store {
     db: Database,
-    events: Keyspace,
+    ids: Keyspace,
     chain: Keyspace,
     order: Keyspace,
     meta: Keyspace,
@@ -117,13 +120,13 @@ impl Store {
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(fjall::Error::Io)?;
         let db = Database::builder(dir).open()?;
-        let events = db.keyspace("events", KeyspaceCreateOptions::default)?;
+        let ids = db.keyspace("ids", KeyspaceCreateOptions::default)?;
         let chain = db.keyspace("chain", KeyspaceCreateOptions::default)?;
         let order = db.keyspace("order", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         Ok(Self {
             db,
-            events,
+            ids,
             chain,
             order,
             meta,
@@ -147,24 +150,24 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = self.db.batch().durability(Some(self.persist_mode()));
         for e in events {
+            let mut ck = Vec::with_capacity(56);
+            ck.extend_from_slice(pfx);
+            ck.extend_from_slice(&e.author);
+            ck.extend_from_slice(&e.seq.to_be_bytes());
+            let mut v = Vec::with_capacity(40 + e.raw.len());
+            v.extend_from_slice(&e.id);
+            v.extend_from_slice(&e.order.lamport.to_be_bytes());
+            v.extend_from_slice(e.raw);
+            batch.insert(&self.chain, ck, v);
+
             let mut k = Vec::with_capacity(48);
             k.extend_from_slice(pfx);
             k.extend_from_slice(&e.id);
-            batch.insert(&self.events, k, e.raw);
-
-            let mut k = Vec::with_capacity(56);
-            k.extend_from_slice(pfx);
-            k.extend_from_slice(&e.author);
-            k.extend_from_slice(&e.seq.to_be_bytes());
-            let mut v = Vec::with_capacity(40);
-            v.extend_from_slice(&e.id);
-            v.extend_from_slice(&e.order.lamport.to_be_bytes());
-            batch.insert(&self.chain, k, v);
-
-            let mut v = Vec::with_capacity(40);
-            v.extend_from_slice(&e.author);
-            v.extend_from_slice(&e.seq.to_be_bytes());
-            batch.insert(&self.order, order_key(pfx, &e.order), v);
+            let mut pos = Vec::with_capacity(40);
+            pos.extend_from_slice(&e.author);
+            pos.extend_from_slice(&e.seq.to_be_bytes());
+            batch.insert(&self.ids, k, pos.clone());
+            batch.insert(&self.order, order_key(pfx, &e.order), pos);
         }
         batch.insert(&self.meta, meta_key(pfx, b"lamport"), lamport.to_be_bytes());
         batch.commit()?;
@@ -176,7 +179,24 @@ impl Store {
         let mut k = Vec::with_capacity(48);
         k.extend_from_slice(pfx);
         k.extend_from_slice(id);
-        Ok(self.events.get(k)?.map(|v| v.to_vec()))
+        let Some(pos) = self.ids.get(k)? else {
+            return Ok(None);
+        };
+        self.raw_at(pfx, &pos)
+    }
+
+    /// The raw bytes at a position value (author · seq).
+    fn raw_at(&self, pfx: &[u8; 16], pos: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if pos.len() != 40 {
+            return Err(StoreError::Corrupt("bad position"));
+        }
+        let mut ck = Vec::with_capacity(56);
+        ck.extend_from_slice(pfx);
+        ck.extend_from_slice(pos);
+        Ok(self
+            .chain
+            .get(ck)?
+            .and_then(|v| v.get(40..).map(<[u8]>::to_vec)))
     }
 
     /// Whether an id is stored.
@@ -184,7 +204,7 @@ impl Store {
         let mut k = Vec::with_capacity(48);
         k.extend_from_slice(pfx);
         k.extend_from_slice(id);
-        Ok(self.events.contains_key(k)?)
+        Ok(self.ids.contains_key(k)?)
     }
 
     /// The chain entry of (author, seq).
@@ -200,12 +220,7 @@ impl Store {
         k.extend_from_slice(&seq.to_be_bytes());
         match self.chain.get(k)? {
             None => Ok(None),
-            Some(v) => Ok(Some(ChainEntry {
-                id: b32(v
-                    .get(..32)
-                    .ok_or(StoreError::Corrupt("short chain entry"))?)?,
-                lamport: u64_at(&v, 32)?,
-            })),
+            Some(v) => Ok(Some(entry(&v)?)),
         }
     }
 
@@ -228,12 +243,10 @@ impl Store {
         for item in self.chain.range(lo..=hi) {
             let (k, v) = item.into_inner()?;
             let seq = u64_at(&k, 48)?;
-            let id = b32(v
-                .get(..32)
-                .ok_or(StoreError::Corrupt("short chain entry"))?)?;
-            let raw = self
-                .get(pfx, &id)?
-                .ok_or(StoreError::Corrupt("chain names a missing event"))?;
+            let raw = v
+                .get(40..)
+                .ok_or(StoreError::Corrupt("short chain entry"))?
+                .to_vec();
             if !f(seq, raw) {
                 break;
             }
@@ -382,6 +395,15 @@ impl Store {
             }
         }
     }
+}
+
+fn entry(v: &[u8]) -> Result<ChainEntry, StoreError> {
+    Ok(ChainEntry {
+        id: b32(v
+            .get(..32)
+            .ok_or(StoreError::Corrupt("short chain entry"))?)?,
+        lamport: u64_at(v, 32)?,
+    })
 }
 
 fn order_key(pfx: &[u8; 16], o: &OrderKey) -> Vec<u8> {

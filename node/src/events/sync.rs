@@ -528,8 +528,7 @@ pub async fn round_with(log: &EventLog, client: &Client) -> Result<RoundStats, S
         stats.pushed += out.0;
         stats.refused += out.1;
     }
-    let log2 = log.clone();
-    let _ = tokio::task::spawn_blocking(move || log2.catch_up(|_| ())).await;
+    // Views fold lazily (on read, and in the node's background folder).
     Ok(stats)
 }
 
@@ -617,6 +616,30 @@ async fn push_range(
         }
     }
     Ok((stored, refused, missing))
+}
+
+/// Folds newly stored events into the views in the background, shortly
+/// after they arrive, until `stop` is cancelled.
+pub fn spawn_folder(log: EventLog, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = log.changed() => {}
+            }
+            // Let a burst (a sync round) settle first: fold after 100 ms
+            // without new events, or 5 s after the first one. Reads fold
+            // on demand anyway.
+            let first = Instant::now();
+            while first.elapsed() < Duration::from_secs(5)
+                && tokio::time::timeout(Duration::from_millis(100), log.changed())
+                    .await
+                    .is_ok()
+            {}
+            let l = log.clone();
+            let _ = tokio::task::spawn_blocking(move || l.catch_up(|_| ())).await;
+        }
+    });
 }
 
 /// Runs sync rounds in the background: with every peer every `interval`
