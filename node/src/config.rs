@@ -169,6 +169,10 @@ pub struct CommunityConfig {
     pub state_dir: Option<PathBuf>,
     /// Seconds between sync rounds with each peer (EVT-034: 300).
     pub sync_interval_seconds: u64,
+    /// URL of the inviter's node (`http://host:port`): while this node is
+    /// not a member, it syncs with it as a pending invitee and joins with
+    /// the invite it finds in the log.
+    pub join_via: Option<String>,
     /// `fdatasync` every event write (survives power loss); otherwise each
     /// write reaches the OS before it is acknowledged (survives a crash of
     /// the node process).
@@ -182,6 +186,7 @@ impl Default for CommunityConfig {
             name: "HearthNet community".into(),
             state_dir: None,
             sync_interval_seconds: 300,
+            join_via: None,
             fsync_every_event: false,
         }
     }

@@ -10,6 +10,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use hearthnet_sdk::identity::SecretKey;
 use hearthnet_sdk::proto::hearthnet::common::v1::Endpoint;
@@ -22,6 +23,8 @@ use crate::events::sync::EventService;
 use crate::events::{Durability, EventLog};
 use crate::obs::{Metrics, TraceRing};
 use crate::services::builtin::{Diag, Introspection, NodeInfo};
+use crate::services::chat::ChatService;
+use crate::services::market::MarketService;
 use crate::transport::{self, Limits, http::HttpState};
 
 /// Errors starting a node.
@@ -178,6 +181,7 @@ impl NodeBuilder {
         if self.diag {
             bus.register(Diag::new(&bus))?;
         }
+        let mut background = Vec::new();
         let events = match config.community_dir()? {
             None => None,
             Some(dir) => {
@@ -197,6 +201,16 @@ impl NodeBuilder {
                 log.attach(&bus);
                 bus.register(EventService::new(log.clone()))?;
                 bus.register(crate::events::community::CommunityService::new(log.clone()))?;
+                if config.market.enabled {
+                    let market = MarketService::new(log.clone(), bus.clone());
+                    bus.register(market.clone())?;
+                    background.push(Background::Market(market));
+                }
+                if config.chat.enabled {
+                    let chat = ChatService::new(log.clone());
+                    bus.register(chat.clone())?;
+                    background.push(Background::Chat(chat));
+                }
                 log.start();
                 Some(log)
             }
@@ -218,12 +232,17 @@ impl NodeBuilder {
         };
         let server = tokio::spawn(transport::serve(listener, app, limits, shutdown.clone()));
         let refresh = Duration::from_secs(config.discovery.refresh_seconds);
+        let tasks = TaskTracker::new();
         if let Some(log) = &events {
-            crate::events::sync::spawn_folder(log.clone(), shutdown.clone());
+            for b in background {
+                b.spawn(log.clone(), &tasks, shutdown.clone());
+            }
+            crate::events::sync::spawn_folder(log.clone(), &tasks, shutdown.clone());
             crate::events::sync::spawn_loop(
                 log.clone(),
                 bus.clone(),
                 Duration::from_secs(config.community.sync_interval_seconds),
+                &tasks,
                 shutdown.clone(),
             );
         }
@@ -235,12 +254,61 @@ impl NodeBuilder {
             refresh,
             events,
             introspection,
+            tasks,
         };
         for peer in &config.discovery.static_peers {
             node.add_peer(peer);
         }
+        if let (Some(log), Some(url)) = (&node.events, &config.community.join_via)
+            && !log.membership().is_member(&log.node_id().to_string())
+        {
+            node.spawn_join(url.clone());
+        }
         tracing::info!(node = %node.bus.node_id(), addr = %local, "node listening (gRPC and HTTP/JSON)");
         Ok(node)
+    }
+}
+
+/// Periodic work of the log-backed services.
+enum Background {
+    /// The stale-post sweeper (MARKET-011, every 60 s).
+    Market(Arc<MarketService>),
+    /// Delivery receipts for messages to this node (CHAT-018).
+    Chat(Arc<ChatService>),
+}
+
+impl Background {
+    fn spawn(self, log: EventLog, tasks: &TaskTracker, stop: CancellationToken) {
+        tasks.spawn(async move {
+            let mut changed = log.watch();
+            loop {
+                match &self {
+                    Background::Market(m) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        }
+                        let m = m.clone();
+                        let now = hearthnet_sdk::wkt::Timestamp::now().seconds;
+                        let r = tokio::task::spawn_blocking(move || m.sweep_stale(now)).await;
+                        if let Ok(Err(e)) = r {
+                            tracing::debug!(error = %e, "stale sweep failed");
+                        }
+                    }
+                    Background::Chat(c) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            r = changed.changed() => if r.is_err() { return },
+                        }
+                        let c = c.clone();
+                        let r = tokio::task::spawn_blocking(move || c.acknowledge_new()).await;
+                        if let Ok(Err(e)) = r {
+                            tracing::debug!(error = %e, "delivery receipts failed");
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -253,6 +321,7 @@ pub struct RunningNode {
     refresh: Duration,
     events: Option<EventLog>,
     introspection: Arc<Introspection>,
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -301,6 +370,50 @@ impl RunningNode {
         Ok(joined.id)
     }
 
+    /// Tries to join through `url` every 10 s until this node is a member.
+    fn spawn_join(&self, url: String) {
+        let tasks = self.tasks.clone();
+        let (Some(log), bus) = (self.events.clone(), self.bus.clone()) else {
+            return;
+        };
+        let manifest = self.introspection.clone();
+        let stop = self.shutdown.clone();
+        tasks.spawn(async move {
+            let me = log.node_id().to_string();
+            loop {
+                let attempt = async {
+                    crate::events::sync::round(&log, &url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !log.membership().is_member(&me) {
+                        let (bytes, _) = manifest.signed_manifest();
+                        let env =
+                            SignedEnvelope::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+                        log.join(env).map_err(|e| e.to_string())?;
+                        crate::events::sync::round(&log, &url)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok::<_, String>(())
+                };
+                match attempt.await {
+                    Ok(()) => {
+                        tracing::info!(via = %url, "joined the community");
+                        let _ = refresh_peer(&bus, &url).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(via = %url, error = %e, "joining the community failed; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
     /// Follows a peer at `url`: fetches and verifies its signed manifest now
     /// and every refresh interval, feeding its capabilities to the bus.
     pub fn add_peer(&self, url: &str) {
@@ -308,7 +421,7 @@ impl RunningNode {
         let url = url.to_string();
         let stop = self.shutdown.clone();
         let every = self.refresh;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 if let Err(e) = refresh_peer(&bus, &url).await {
                     tracing::debug!(peer = %url, error = %e, "peer manifest refresh failed");
@@ -340,12 +453,25 @@ impl RunningNode {
 
     /// Waits until the server loop ends.
     pub async fn wait(self) {
-        let RunningNode { server, events, .. } = self;
+        let RunningNode {
+            server,
+            events,
+            tasks,
+            shutdown,
+            bus,
+            ..
+        } = self;
         let _ = server.await;
-        if let Some(log) = events
-            && let Err(e) = log.snapshot_now()
-        {
-            tracing::warn!(error = %e, "could not write a snapshot of the views");
+        // Background work ends with the server.
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        bus.close();
+        if let Some(log) = events {
+            if let Err(e) = log.snapshot_now() {
+                tracing::warn!(error = %e, "could not write a snapshot of the views");
+            }
+            log.detach();
         }
     }
 }

@@ -194,6 +194,18 @@ impl std::fmt::Debug for Bus {
     }
 }
 
+/// A handle on a bus that does not keep it alive (for services the bus
+/// itself holds).
+#[derive(Clone)]
+pub struct WeakBus(std::sync::Weak<Inner>);
+
+impl WeakBus {
+    /// The bus, while it exists.
+    pub fn upgrade(&self) -> Option<Bus> {
+        self.0.upgrade().map(|inner| Bus { inner })
+    }
+}
+
 /// Context of an inbound call from a transport.
 #[derive(Debug, Clone, Default)]
 pub struct Inbound {
@@ -246,6 +258,26 @@ impl Bus {
             .trust_source
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// Drops every registered service and the trust source (at shutdown:
+    /// services holding the bus would otherwise keep each other alive).
+    pub fn close(&self) {
+        self.inner
+            .local
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.inner
+            .trust_source
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// A handle that does not keep the bus alive.
+    pub fn downgrade(&self) -> WeakBus {
+        WeakBus(Arc::downgrade(&self.inner))
     }
 
     /// This node's id.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use prost::Message;
 use prost_reflect::{DynamicMessage, Value};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use hearthnet_sdk::identity::{NodeId, SecretKey};
 use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
@@ -177,10 +177,10 @@ struct Inner {
     pfx: [u8; 16],
     state: Mutex<State>,
     fold: Mutex<Fold>,
-    members: RwLock<Membership>,
+    members: Arc<RwLock<Membership>>,
     subs: Mutex<Vec<Subscriber>>,
-    bus: OnceLock<Bus>,
-    changed: Notify,
+    bus: Mutex<Option<Bus>>,
+    changed: watch::Sender<u64>,
     started: AtomicBool,
 }
 
@@ -453,10 +453,10 @@ impl EventLog {
                     void_from: HashMap::new(),
                     covers: HashMap::new(),
                 }),
-                members: RwLock::new(Membership::new(community)),
+                members: Arc::new(RwLock::new(Membership::new(community))),
                 subs: Mutex::new(Vec::new()),
-                bus: OnceLock::new(),
-                changed: Notify::new(),
+                bus: Mutex::new(None),
+                changed: watch::Sender::new(0),
                 started: AtomicBool::new(false),
             }),
         };
@@ -483,8 +483,18 @@ impl EventLog {
 
     /// Connects the log to the bus (pushes to peers, trust for calls).
     pub fn attach(&self, bus: &Bus) {
-        let _ = self.inner.bus.set(bus.clone());
-        bus.set_trust_source(Arc::new(self.clone()));
+        *self.inner.bus.lock().unwrap_or_else(|e| e.into_inner()) = Some(bus.clone());
+        bus.set_trust_source(Arc::new(MembersTrust(self.inner.members.clone())));
+    }
+
+    /// Disconnects the log from the bus (breaks the bus ↔ service ↔ log
+    /// cycle at shutdown, so the store closes when the last handle goes).
+    pub fn detach(&self) {
+        self.inner
+            .bus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// This node's NodeID.
@@ -501,8 +511,12 @@ impl EventLog {
         &self.inner.key
     }
 
-    pub(crate) fn bus(&self) -> Option<&Bus> {
-        self.inner.bus.get()
+    pub(crate) fn bus(&self) -> Option<Bus> {
+        self.inner
+            .bus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -1174,12 +1188,12 @@ impl EventLog {
     }
 
     fn after_store(&self) {
-        self.inner.changed.notify_one();
+        self.inner.changed.send_modify(|n| *n += 1);
     }
 
-    /// Waits until something was stored since the last call.
-    pub async fn changed(&self) {
-        self.inner.changed.notified().await;
+    /// A receiver that sees a change each time events are stored.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
     }
 
     /// Subscribes to topics (EVT-040): messages of events stored from now on.
@@ -1235,7 +1249,7 @@ impl EventLog {
     /// Pushes an event this node authored to every known peer, best effort
     /// (EVT-036).
     fn push_own(&self, raw: Vec<u8>) {
-        let Some(bus) = self.inner.bus.get().cloned() else {
+        let Some(bus) = self.bus() else {
             return;
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -1258,7 +1272,7 @@ impl EventLog {
         let Some(raw) = self.get_raw(id) else {
             return false;
         };
-        let Some(bus) = self.inner.bus.get() else {
+        let Some(bus) = self.bus() else {
             return false;
         };
         let to = to.to_string();
@@ -1362,22 +1376,36 @@ fn fold_one(fold: &mut Fold, ev: &LogEvent, proofs: &HashMap<String, u64>) {
     }
 }
 
-impl TrustSource for EventLog {
+/// Trust levels from the last folded membership view.
+struct MembersTrust(Arc<RwLock<Membership>>);
+
+fn level_trust(m: &Membership, node: &NodeId) -> Option<Trust> {
+    m.level(&node.to_string()).map(|l| match l {
+        3 => Trust::Anchor,
+        2 => Trust::Trusted,
+        _ => Trust::Member,
+    })
+}
+
+impl TrustSource for MembersTrust {
     fn trust(&self, node: &NodeId) -> Option<Trust> {
-        let m = self.inner.members.read().unwrap_or_else(|e| e.into_inner());
-        let text = node.to_string();
-        m.level(&text).map(|l| match l {
-            3 => Trust::Anchor,
-            2 => Trust::Trusted,
-            _ => Trust::Member,
-        })
+        level_trust(&self.0.read().unwrap_or_else(|e| e.into_inner()), node)
     }
 
     fn is_revoked(&self, node: &NodeId) -> bool {
-        self.inner
-            .members
+        self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .is_revoked(&node.to_string())
+    }
+}
+
+impl TrustSource for EventLog {
+    fn trust(&self, node: &NodeId) -> Option<Trust> {
+        level_trust(&self.membership(), node)
+    }
+
+    fn is_revoked(&self, node: &NodeId) -> bool {
+        self.membership().is_revoked(&node.to_string())
     }
 }

@@ -10,6 +10,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use hearthnet_sdk::client::{CallItem, Client, ClientError};
 use hearthnet_sdk::constants as k;
@@ -620,21 +621,22 @@ async fn push_range(
 
 /// Folds newly stored events into the views in the background, shortly
 /// after they arrive, until `stop` is cancelled.
-pub fn spawn_folder(log: EventLog, stop: CancellationToken) {
-    tokio::spawn(async move {
+pub fn spawn_folder(log: EventLog, tasks: &TaskTracker, stop: CancellationToken) {
+    tasks.spawn(async move {
+        let mut changed = log.watch();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = log.changed() => {}
+                r = changed.changed() => if r.is_err() { return },
             }
             // Let a burst (a sync round) settle first: fold after 100 ms
             // without new events, or 5 s after the first one. Reads fold
             // on demand anyway.
             let first = Instant::now();
             while first.elapsed() < Duration::from_secs(5)
-                && tokio::time::timeout(Duration::from_millis(100), log.changed())
+                && tokio::time::timeout(Duration::from_millis(100), changed.changed())
                     .await
-                    .is_ok()
+                    .is_ok_and(|r| r.is_ok())
             {}
             let l = log.clone();
             let _ = tokio::task::spawn_blocking(move || l.catch_up(|_| ())).await;
@@ -645,8 +647,14 @@ pub fn spawn_folder(log: EventLog, stop: CancellationToken) {
 /// Runs sync rounds in the background: with every peer every `interval`
 /// (±10 % jitter, EVT-034) and at once with a peer that just appeared
 /// (EVT-035), until `stop` is cancelled.
-pub fn spawn_loop(log: EventLog, bus: Bus, interval: Duration, stop: CancellationToken) {
-    tokio::spawn(async move {
+pub fn spawn_loop(
+    log: EventLog,
+    bus: Bus,
+    interval: Duration,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) {
+    tasks.spawn(async move {
         let mut known: HashSet<String> = HashSet::new();
         let mut next_full = Instant::now() + jitter(interval);
         let me = log.node_id().to_string();

@@ -2,3 +2,5 @@
 //! [`crate::bus::Service`] and registers with the bus at start-up.
 
 pub mod builtin;
+pub mod chat;
+pub mod market;
