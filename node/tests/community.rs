@@ -249,6 +249,21 @@ async fn sync_refuses_strangers_oversized_batches_and_garbage() {
     let err = stream.next().await.unwrap_err();
     assert_eq!(err.wire_code(), Some("bad_request"));
     assert_eq!(ids(&a), before);
+    // The HTTP binding serves the same capabilities (loopback operator).
+    let (status, _, body) = common::http(
+        a.addr(),
+        "POST",
+        "/bus/v1/call",
+        &[
+            ("X-HearthNet-Capability", "event.sync.heads"),
+            ("Content-Type", "application/json"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["output"]["heads"].as_array().unwrap().len(), 3, "{body}");
     for n in [a, b, c] {
         n.shutdown().await;
     }

@@ -182,6 +182,7 @@ struct Inner {
     bus: Mutex<Option<Bus>>,
     changed: watch::Sender<u64>,
     started: AtomicBool,
+    offline: AtomicBool,
 }
 
 /// A handle on one community's event log (cheap to clone).
@@ -458,6 +459,7 @@ impl EventLog {
                 bus: Mutex::new(None),
                 changed: watch::Sender::new(0),
                 started: AtomicBool::new(false),
+                offline: AtomicBool::new(false),
             }),
         };
         if empty && log.inner.me_text == community {
@@ -495,6 +497,18 @@ impl EventLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+    }
+
+    /// Switches offline (emergency) mode: sync rounds every
+    /// `EVENT_SYNC_EMERGENCY_INTERVAL_SECONDS` instead of the configured
+    /// interval (EVT-034). The emergency detector calls this.
+    pub fn set_offline(&self, on: bool) {
+        self.inner.offline.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether offline mode is on.
+    pub fn offline(&self) -> bool {
+        self.inner.offline.load(Ordering::SeqCst)
     }
 
     /// This node's NodeID.

@@ -665,6 +665,14 @@ pub fn spawn_loop(
             }
             let peers: Vec<(String, String)> =
                 bus.peers().into_iter().filter(|(n, _)| *n != me).collect();
+            // Offline (emergency) mode syncs every 30 s (EVT-034).
+            let emergency = Duration::from_secs(k::EVENT_SYNC_EMERGENCY_INTERVAL_SECONDS as u64);
+            let interval = if log.offline() {
+                interval.min(emergency)
+            } else {
+                interval
+            };
+            next_full = next_full.min(Instant::now() + jitter(interval));
             let full = Instant::now() >= next_full;
             for (node, endpoint) in &peers {
                 let new = known.insert(node.clone());
@@ -691,4 +699,45 @@ pub fn spawn_loop(
 fn jitter(d: Duration) -> Duration {
     let f: f64 = 0.9 + rand::random::<f64>() * 0.2;
     d.mul_f64(f)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_frames_round_trip_without_decoding() {
+        let events = vec![vec![0x0a, 1, 7, 0x12, 0], vec![0x0a, 0, 0x12, 0]];
+        let bytes = frame_bytes(&events);
+        // The hand-built frame is a valid `SyncFetchResponse`.
+        let decoded = SyncFetchResponse::decode(bytes.as_slice()).unwrap();
+        let Some(ev::sync_fetch_response::Frame::Batch(b)) = decoded.frame else {
+            panic!("not a batch")
+        };
+        assert_eq!(b.events.len(), 2);
+        assert_eq!(frame_events(&bytes).unwrap(), Some(events));
+        // The done frame carries no events.
+        let done = SyncFetchResponse {
+            frame: Some(ev::sync_fetch_response::Frame::Done(FetchDoneFrame {
+                events: 2,
+                ms: 1,
+            })),
+        };
+        assert_eq!(frame_events(&done.encode_to_vec()).unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_frames_from_a_peer_are_typed_errors() {
+        for garbage in [
+            vec![
+                0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+            vec![0x0a, 0x05, 0x0a],
+            vec![0xff; 7],
+        ] {
+            let err = frame_events(&garbage).unwrap_err();
+            assert!(matches!(err, ClientError::Decode(_)), "{err}");
+        }
+    }
 }
