@@ -298,7 +298,7 @@ impl Background {
                     Background::Chat(c) => {
                         tokio::select! {
                             _ = stop.cancelled() => return,
-                            r = changed.changed() => if r.is_err() { return },
+                            r = crate::events::sync::settled(&mut changed) => if !r { return },
                         }
                         let c = c.clone();
                         let r = tokio::task::spawn_blocking(move || c.acknowledge_new()).await;

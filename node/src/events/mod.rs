@@ -185,6 +185,13 @@ struct Inner {
     offline: AtomicBool,
 }
 
+/// A batch whose layout, community and signatures were checked
+/// ([`EventLog::verify`]), ready for [`EventLog::apply`].
+pub struct Verified {
+    report: IngestReport,
+    good: Vec<Parsed>,
+}
+
 /// A handle on one community's event log (cheap to clone).
 #[derive(Clone)]
 pub struct EventLog {
@@ -726,7 +733,14 @@ impl EventLog {
     /// signatures as a batch (one by one when the batch fails, EVT-037),
     /// stores the acceptable ones in one atomic write and reports each.
     pub fn ingest(&self, raws: Vec<Vec<u8>>) -> Result<IngestReport, EventError> {
-        let now = now_secs();
+        let verified = self.verify(raws);
+        self.apply(verified)
+    }
+
+    /// Steps 1–3 of EVT-018 (layout, community, signatures) without
+    /// touching the store, so a sync can verify one batch while the previous
+    /// one is written ([`EventLog::apply`]).
+    pub fn verify(&self, raws: Vec<Vec<u8>>) -> Verified {
         let mut report = IngestReport::default();
         let mut parsed = Vec::with_capacity(raws.len());
         for raw in raws {
@@ -746,9 +760,15 @@ impl EventLog {
                 Outcome::Rejected(SyncRejectReason::InvalidSignature),
             ));
         }
+        Verified { report, good }
+    }
+
+    /// Steps 4–9 of EVT-018 and the write, for a verified batch.
+    pub fn apply(&self, verified: Verified) -> Result<IngestReport, EventError> {
+        let Verified { mut report, good } = verified;
         {
             let mut st = self.lock_state();
-            self.ingest_locked(&mut st, good, now, &mut report)?;
+            self.ingest_locked(&mut st, good, now_secs(), &mut report)?;
         }
         if report.stored > 0 {
             self.after_store();

@@ -557,27 +557,39 @@ async fn fetch_ranges(
     let mut stream = client.send(call, Some(Duration::from_secs(300))).await?;
     let mut stored = 0u64;
     let mut diverged = HashSet::new();
-    let mut pending: Option<tokio::task::JoinHandle<Result<super::IngestReport, EventError>>> =
-        None;
+    // A three-stage pipeline: receive frame n+2 while frame n+1 is verified
+    // and frame n is checked and written (in frame order).
+    type Job<T> = tokio::task::JoinHandle<T>;
+    let mut verifying: Option<Job<super::Verified>> = None;
+    let mut applying: Option<Job<Result<super::IngestReport, EventError>>> = None;
+    let join = |e: tokio::task::JoinError| CallError::internal(e.to_string());
     let mut collect = |report: super::IngestReport, diverged: &mut HashSet<String>| {
         stored += report.stored;
         diverged.extend(report.equivocating.iter().cloned());
     };
-    while let Some(item) = stream.next().await? {
-        let CallItem::Data(data) = item else { continue };
-        let Some(raws) = frame_events(&data)? else {
-            continue;
+    loop {
+        let next = match stream.next().await? {
+            None => None,
+            Some(CallItem::Data(data)) => match frame_events(&data)? {
+                Some(raws) => Some(raws),
+                None => continue,
+            },
+            Some(_) => continue,
         };
-        if let Some(h) = pending.take() {
-            let report = h.await.map_err(|e| CallError::internal(e.to_string()))??;
-            collect(report, &mut diverged);
+        if let Some(v) = verifying.take() {
+            let verified = v.await.map_err(join)?;
+            if let Some(a) = applying.take() {
+                collect(a.await.map_err(join)??, &mut diverged);
+            }
+            let log2 = log.clone();
+            applying = Some(tokio::task::spawn_blocking(move || log2.apply(verified)));
         }
+        let Some(raws) = next else { break };
         let log2 = log.clone();
-        pending = Some(tokio::task::spawn_blocking(move || log2.ingest(raws)));
+        verifying = Some(tokio::task::spawn_blocking(move || log2.verify(raws)));
     }
-    if let Some(h) = pending.take() {
-        let report = h.await.map_err(|e| CallError::internal(e.to_string()))??;
-        collect(report, &mut diverged);
+    if let Some(a) = applying.take() {
+        collect(a.await.map_err(join)??, &mut diverged);
     }
     Ok((stored, diverged))
 }
@@ -627,21 +639,30 @@ pub fn spawn_folder(log: EventLog, tasks: &TaskTracker, stop: CancellationToken)
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                r = changed.changed() => if r.is_err() { return },
+                r = settled(&mut changed) => if !r { return },
             }
-            // Let a burst (a sync round) settle first: fold after 100 ms
-            // without new events, or 5 s after the first one. Reads fold
-            // on demand anyway.
-            let first = Instant::now();
-            while first.elapsed() < Duration::from_secs(5)
-                && tokio::time::timeout(Duration::from_millis(100), changed.changed())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            {}
             let l = log.clone();
             let _ = tokio::task::spawn_blocking(move || l.catch_up(|_| ())).await;
         }
     });
+}
+
+/// Waits for stored events, then lets a burst (a sync round) settle: returns
+/// after 100 ms without new events, or 5 s after the first one. False when
+/// the log is gone.
+pub async fn settled(changed: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+    if changed.changed().await.is_err() {
+        return false;
+    }
+    let first = Instant::now();
+    while first.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(Duration::from_millis(100), changed.changed()).await {
+            Err(_) => break,
+            Ok(Err(_)) => return false,
+            Ok(Ok(())) => {}
+        }
+    }
+    true
 }
 
 /// Runs sync rounds in the background: with every peer every `interval`
