@@ -31,4 +31,9 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "setup: cargo-nextest not found; installing it with cargo"
   cargo install --locked cargo-nextest
 fi
+# The discovery tests build network namespaces with `ip` (iproute2).
+if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing iproute2 for the network-namespace tests"
+  apt-get install -y -qq iproute2 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iproute2; }
+fi
 echo "setup: tools ready in $TOOLS"

@@ -260,6 +260,9 @@ pub struct DiscoveryConfig {
     pub static_peers: Vec<String>,
     /// How often peers' manifests are fetched, in seconds (decision 0052).
     pub refresh_seconds: u64,
+    /// A discovered peer without a verified manifest for this long is
+    /// removed (DISC-020: 90).
+    pub prune_seconds: u64,
 }
 
 impl Default for DiscoveryConfig {
@@ -272,6 +275,7 @@ impl Default for DiscoveryConfig {
             relay_urls: Vec::new(),
             static_peers: Vec::new(),
             refresh_seconds: 10,
+            prune_seconds: 90,
         }
     }
 }

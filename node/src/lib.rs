@@ -10,6 +10,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod node;

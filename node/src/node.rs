@@ -15,7 +15,6 @@ use tokio_util::task::TaskTracker;
 use hearthnet_sdk::identity::SecretKey;
 use hearthnet_sdk::proto::hearthnet::common::v1::Endpoint;
 use hearthnet_sdk::proto::hearthnet::identity::v1::SignedEnvelope;
-use hearthnet_sdk::proto::hearthnet::node::v1 as nodepb;
 
 use crate::bus::{Bus, Service, Settings, Trust};
 use crate::config::{Config, ConfigError};
@@ -246,12 +245,47 @@ impl NodeBuilder {
                 shutdown.clone(),
             );
         }
+        let follower = crate::discovery::Follower::new(
+            bus.clone(),
+            refresh,
+            Duration::from_secs(config.discovery.prune_seconds),
+            config.community.community_id.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        if config.discovery.udp_enabled
+            && let Some(community) = &config.community.community_id
+            && let Some(short_community) = crate::discovery::short_community(community)
+        {
+            let group = config
+                .discovery
+                .udp_multicast_group
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::new(239, 255, 42, 42));
+            let me = crate::discovery::Me {
+                short: bus.node_id().short(),
+                community: short_community,
+                port: local.port(),
+            };
+            // DISC-023: the node runs on without UDP discovery.
+            if let Err(e) = crate::discovery::spawn_udp(
+                bus.clone(),
+                me,
+                group,
+                config.discovery.udp_port,
+                follower.clone(),
+                &tasks,
+                shutdown.clone(),
+            ) {
+                tracing::warn!(error = %e, "UDP discovery is off");
+            }
+        }
         let node = RunningNode {
             addr: local,
             bus,
             shutdown,
             server,
-            refresh,
+            follower,
             events,
             introspection,
             tasks,
@@ -318,7 +352,7 @@ pub struct RunningNode {
     bus: Bus,
     shutdown: CancellationToken,
     server: JoinHandle<()>,
-    refresh: Duration,
+    follower: crate::discovery::Follower,
     events: Option<EventLog>,
     introspection: Arc<Introspection>,
     tasks: TaskTracker,
@@ -417,21 +451,7 @@ impl RunningNode {
     /// Follows a peer at `url`: fetches and verifies its signed manifest now
     /// and every refresh interval, feeding its capabilities to the bus.
     pub fn add_peer(&self, url: &str) {
-        let bus = self.bus.clone();
-        let url = url.to_string();
-        let stop = self.shutdown.clone();
-        let every = self.refresh;
-        self.tasks.spawn(async move {
-            loop {
-                if let Err(e) = refresh_peer(&bus, &url).await {
-                    tracing::debug!(peer = %url, error = %e, "peer manifest refresh failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
+        self.follower.follow(url.to_string(), None);
     }
 
     /// Fetches one peer's manifest now (tests use this to avoid waiting).
@@ -477,20 +497,8 @@ impl RunningNode {
 }
 
 async fn refresh_peer(bus: &Bus, url: &str) -> Result<String, String> {
-    // The same cached connection the bus forwards calls over.
-    let client = bus.peer_client(url).map_err(|e| e.to_string())?;
-    let resp: nodepb::ManifestResponse = client
-        .unary("node.manifest", "1.0", &nodepb::ManifestRequest::default())
+    crate::discovery::fetch_manifest(bus, url, None)
         .await
-        .map_err(|e| e.to_string())?;
-    let bytes = resp.output.map(|o| o.signed_manifest).unwrap_or_default();
-    let env = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
-    let now = hearthnet_sdk::wkt::Timestamp::now().seconds;
-    let (node, manifest) =
-        hearthnet_sdk::records::verify_node_manifest(&env, now).map_err(|e| e.to_string())?;
-    bus.update_peer(&node, url, &manifest.capabilities);
-    bus.metrics()
-        .peers
-        .set(i64::try_from(bus.peers().len()).unwrap_or(0));
-    Ok(node.to_string())
+        .map(|n| n.to_string())
+        .map_err(|e| e.to_string())
 }

@@ -1,0 +1,360 @@
+//! Finding peers on the LAN (`protocol/spec/discovery.md`, decisions 0051
+//! and 0052): signed-manifest checks for every hint, UDP multicast
+//! announces, and pruning of peers that go silent.
+//!
+//! Announces are hints only: an announce of our community makes the node
+//! fetch `node.manifest` at the datagram's source address; the peer is added
+//! when that manifest verifies, its signer's short id is the announced one
+//! and it names our community (DISC-011 … DISC-013). A followed peer's
+//! manifest is fetched every refresh interval; a peer without a verified
+//! manifest for `discovery.prune_seconds` is removed (DISC-020).
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use hearthnet_sdk::constants as k;
+use hearthnet_sdk::identity::NodeId;
+use hearthnet_sdk::proto::hearthnet::identity::v1::SignedEnvelope;
+use hearthnet_sdk::proto::hearthnet::node::v1 as nodepb;
+
+use crate::bus::Bus;
+
+/// Discovery errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// The peer could not be reached or answered badly.
+    #[error("peer {url}: {reason}")]
+    Peer {
+        /// Where.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A socket could not be opened.
+    #[error("udp discovery: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A UDP announce (DISC-009), one JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    /// Always 1.
+    pub v: u32,
+    /// The sender's short id.
+    pub node: String,
+    /// The short community id.
+    pub community: String,
+    /// The sender's port.
+    pub port: u16,
+    /// `http` or `https`.
+    pub transport: String,
+    /// Capability names, shortened until the announce fits.
+    pub caps: Vec<String>,
+}
+
+impl Announce {
+    /// The datagram: JSON of at most `DISCOVERY_UDP_ANNOUNCE_MAX_BYTES`,
+    /// dropping capability names from the end until it fits.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut a = self.clone();
+        loop {
+            let bytes = serde_json::to_vec(&a).unwrap_or_default();
+            if bytes.len() <= k::DISCOVERY_UDP_ANNOUNCE_MAX_BYTES as usize || a.caps.is_empty() {
+                return bytes;
+            }
+            a.caps.pop();
+        }
+    }
+
+    /// Parses a datagram (DISC-011): size, JSON shape and `v`.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > k::DISCOVERY_UDP_ANNOUNCE_MAX_BYTES as usize {
+            return None;
+        }
+        let a: Self = serde_json::from_slice(bytes).ok()?;
+        (a.v == 1).then_some(a)
+    }
+}
+
+/// The short community id (DISC-003): the short id of the root key.
+pub fn short_community(community: &str) -> Option<String> {
+    community.parse::<NodeId>().ok().map(|n| n.short())
+}
+
+/// Fetches and verifies a peer's manifest at `url` and feeds it to the bus.
+/// With `expect`, the signer's short id must be it and the manifest must
+/// name `community` (DISC-013). Returns the peer's NodeID.
+pub async fn fetch_manifest(
+    bus: &Bus,
+    url: &str,
+    expect: Option<(&str, &str)>,
+) -> Result<NodeId, DiscoveryError> {
+    let err = |reason: String| DiscoveryError::Peer {
+        url: url.to_string(),
+        reason,
+    };
+    let client = bus.peer_client(url).map_err(|e| err(e.to_string()))?;
+    // A peer whose link went away never answers: bound the wait.
+    let resp: nodepb::ManifestResponse = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.unary("node.manifest", "1.0", &nodepb::ManifestRequest::default()),
+    )
+    .await
+    .map_err(|_| err("no answer within 3 s".into()))?
+    .map_err(|e| err(e.to_string()))?;
+    let bytes = resp.output.map(|o| o.signed_manifest).unwrap_or_default();
+    let env = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| err(e.to_string()))?;
+    let now = hearthnet_sdk::wkt::Timestamp::now().seconds;
+    let (node, manifest) =
+        hearthnet_sdk::records::verify_node_manifest(&env, now).map_err(|e| err(e.to_string()))?;
+    if let Some((short, community)) = expect {
+        if node.short() != short {
+            return Err(err(format!(
+                "manifest signed by {}, announce named {short}",
+                node.short()
+            )));
+        }
+        if manifest.community_id != community {
+            return Err(err("manifest names another community".into()));
+        }
+    }
+    bus.update_peer(&node, url, &manifest.capabilities);
+    bus.metrics()
+        .peers
+        .set(i64::try_from(bus.peers().len()).unwrap_or(0));
+    Ok(node)
+}
+
+/// Follows peers: one refresh loop per URL, pruning silent ones.
+#[derive(Clone)]
+pub struct Follower {
+    bus: Bus,
+    every: Duration,
+    prune: Duration,
+    community: Option<String>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    followed: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Follower {
+    /// A follower feeding `bus`.
+    pub fn new(
+        bus: Bus,
+        every: Duration,
+        prune: Duration,
+        community: Option<String>,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            bus,
+            every,
+            prune,
+            community,
+            tasks,
+            stop,
+            followed: Arc::default(),
+        }
+    }
+
+    /// Follows `url`. A `static_peer` is retried for ever; a discovered one
+    /// (with the announced short id) is dropped once pruned. Following a URL
+    /// already followed does nothing. Returns whether `url` is new.
+    pub fn follow(&self, url: String, announced: Option<String>) -> bool {
+        if !self
+            .followed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(url.clone())
+        {
+            return false;
+        }
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let mut last_ok = Instant::now();
+            let mut node: Option<NodeId> = None;
+            loop {
+                let expect = match (&announced, &this.community) {
+                    (Some(s), Some(c)) => Some((s.as_str(), c.as_str())),
+                    _ => None,
+                };
+                match fetch_manifest(&this.bus, &url, expect).await {
+                    Ok(n) => {
+                        node = Some(n);
+                        last_ok = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %url, error = %e, "peer manifest refresh failed");
+                        if last_ok.elapsed() >= this.prune {
+                            if let Some(n) = node.take() {
+                                tracing::info!(peer = %url, node = %n, "peer went silent; pruned");
+                                this.bus.remove_peer(&n);
+                                this.bus
+                                    .metrics()
+                                    .peers
+                                    .set(i64::try_from(this.bus.peers().len()).unwrap_or(0));
+                            }
+                            if announced.is_some() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(this.every) => {}
+                    _ = this.stop.cancelled() => break,
+                }
+            }
+            this.followed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&url);
+        });
+        true
+    }
+}
+
+/// What a node announces about itself.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// Short id.
+    pub short: String,
+    /// Short community id.
+    pub community: String,
+    /// Port peers reach us on.
+    pub port: u16,
+}
+
+/// Starts UDP multicast announces and the listener (DISC-009 … DISC-013).
+/// Returns an error when the socket cannot be opened; the node keeps
+/// running without UDP discovery then (DISC-023).
+pub fn spawn_udp(
+    bus: Bus,
+    me: Me,
+    group: Ipv4Addr,
+    port: u16,
+    follower: Follower,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), DiscoveryError> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+    socket.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)?;
+    socket.set_multicast_loop_v4(true)?;
+    let socket = Arc::new(UdpSocket::from_std(socket.into())?);
+    let target = SocketAddr::V4(SocketAddrV4::new(group, port));
+    let send = socket.clone();
+    let sender_bus = bus.clone();
+    let sender_me = me.clone();
+    let sender_stop = stop.clone();
+    // Hearing a node we do not follow yet makes us announce at once (at
+    // most once a second), so a newcomer learns of us without waiting for
+    // our next tick.
+    let heard = Arc::new(tokio::sync::Notify::new());
+    let wake = heard.clone();
+    tasks.spawn(async move {
+        loop {
+            let caps: Vec<String> = sender_bus
+                .local_offers()
+                .into_iter()
+                .map(|o| o.name)
+                .collect();
+            let a = Announce {
+                v: 1,
+                node: sender_me.short.clone(),
+                community: sender_me.community.clone(),
+                port: sender_me.port,
+                transport: "http".into(),
+                caps,
+            };
+            if let Err(e) = send.send_to(&a.encode(), target).await {
+                tracing::debug!(error = %e, "udp announce failed");
+            }
+            // DISC-010: fast while looking for peers, slow when settled.
+            let secs = if sender_bus.peers().len() < 2 {
+                k::DISCOVERY_UDP_INTERVAL_ACTIVE_SECONDS
+            } else {
+                k::DISCOVERY_UDP_INTERVAL_STABLE_SECONDS
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(secs as u64)) => {}
+                _ = wake.notified() => tokio::time::sleep(Duration::from_secs(1)).await,
+                _ = sender_stop.cancelled() => return,
+            }
+        }
+    });
+    tasks.spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, from) = tokio::select! {
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp receive failed");
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            };
+            let Some(a) = Announce::parse(&buf[..n]) else {
+                continue;
+            };
+            if a.node == me.short || a.community != me.community {
+                continue;
+            }
+            let url = format!("http://{}:{}", from.ip(), a.port);
+            if follower.follow(url, Some(a.node)) {
+                heard.notify_one();
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announces_fit_and_bad_ones_are_ignored() {
+        let a = Announce {
+            v: 1,
+            node: "ed25519:AAAA-BBBB-CCCC-DDDD".into(),
+            community: "ed25519:EEEE-FFFF-GGGG-HHHH".into(),
+            port: 7080,
+            transport: "http".into(),
+            caps: (0..200).map(|i| format!("cap.number.{i}")).collect(),
+        };
+        let bytes = a.encode();
+        assert!(bytes.len() <= 1024);
+        let back = Announce::parse(&bytes).unwrap();
+        assert!(back.caps.len() < 200 && !back.caps.is_empty());
+        assert_eq!(back.node, a.node);
+        for bad in [
+            &b"{\"v\":2,\"node\":\"x\",\"community\":\"y\",\"port\":1,\"transport\":\"http\",\"caps\":[]}"[..],
+            b"not json",
+            b"{\"v\":1}",
+            &[b' '; 1025],
+        ] {
+            assert!(Announce::parse(bad).is_none());
+        }
+    }
+}
