@@ -42,6 +42,9 @@ pub enum DiscoveryError {
     /// A socket could not be opened.
     #[error("udp discovery: {0}")]
     Io(#[from] std::io::Error),
+    /// The mDNS responder could not start.
+    #[error("mdns: {0}")]
+    Mdns(String),
 }
 
 /// A UDP announce (DISC-009), one JSON object.
@@ -167,10 +170,12 @@ impl Follower {
         }
     }
 
-    /// Follows `url`. A `static_peer` is retried for ever; a discovered one
-    /// (with the announced short id) is dropped once pruned. Following a URL
+    /// Follows `url`, checking the manifest against the `announced` short id
+    /// when given. With `retry` the URL is tried for ever (static peers, and
+    /// mDNS peers, whose records are not re-sent); otherwise following ends
+    /// once the peer is pruned (UDP peers announce again). Following a URL
     /// already followed does nothing. Returns whether `url` is new.
-    pub fn follow(&self, url: String, announced: Option<String>) -> bool {
+    pub fn follow(&self, url: String, announced: Option<String>, retry: bool) -> bool {
         if !self
             .followed
             .lock()
@@ -204,7 +209,7 @@ impl Follower {
                                     .peers
                                     .set(i64::try_from(this.bus.peers().len()).unwrap_or(0));
                             }
-                            if announced.is_some() {
+                            if !retry {
                                 break;
                             }
                         }
@@ -320,9 +325,133 @@ pub fn spawn_udp(
                 continue;
             }
             let url = format!("http://{}:{}", from.ip(), a.port);
-            if follower.follow(url, Some(a.node)) {
+            if follower.follow(url, Some(a.node), false) {
                 heard.notify_one();
             }
+        }
+    });
+    Ok(())
+}
+
+/// The TXT `caps` value: names joined by commas, cut at a comma to at most
+/// `MDNS_CAPS_TXT_MAX_BYTES` (DISC-006).
+pub fn caps_txt(names: &[String]) -> String {
+    let mut out = String::new();
+    for n in names {
+        let extra = if out.is_empty() { n.len() } else { n.len() + 1 };
+        if out.len() + extra > k::MDNS_CAPS_TXT_MAX_BYTES as usize {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(n);
+    }
+    out
+}
+
+/// Registers this node with mDNS and browses for others (DISC-004 …
+/// DISC-008); unregisters (goodbye) when `stop` is cancelled. `ip` is the
+/// address peers reach us on (`None`: every interface's).
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_mdns(
+    bus: Bus,
+    me: Me,
+    profile: &str,
+    ip: Option<std::net::IpAddr>,
+    follower: Follower,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), DiscoveryError> {
+    let mdns_err = |e: mdns_sd::Error| DiscoveryError::Mdns(e.to_string());
+    let daemon = mdns_sd::ServiceDaemon::new().map_err(mdns_err)?;
+    let caps: Vec<String> = bus.local_offers().into_iter().map(|o| o.name).collect();
+    let (major, minor) = hearthnet_sdk::registry::parse_version(hearthnet_sdk::PROTOCOL_VERSION)
+        .unwrap_or_else(|| {
+            let mut parts = hearthnet_sdk::PROTOCOL_VERSION.split('.');
+            let p = |x: Option<&str>| x.and_then(|v| v.parse().ok()).unwrap_or(0);
+            (p(parts.next()), p(parts.next()))
+        });
+    let props = [
+        ("v", "1".to_string()),
+        ("node", me.short.clone()),
+        ("community", me.community.clone()),
+        ("profile", profile.to_string()),
+        ("transport", "http".to_string()),
+        ("contract_version", format!("{major}.{minor}")),
+        ("caps", caps_txt(&caps)),
+    ];
+    let props: Vec<(&str, &str)> = props.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = format!(
+        "hn-{}.local.",
+        blake3::hash(me.short.as_bytes())
+            .to_hex()
+            .as_str()
+            .get(..16)
+            .unwrap_or("node")
+    );
+    let info = match ip {
+        Some(ip) => mdns_sd::ServiceInfo::new(
+            k::MDNS_SERVICE_TYPE,
+            &me.short,
+            &host,
+            ip,
+            me.port,
+            &props[..],
+        ),
+        None => mdns_sd::ServiceInfo::new(
+            k::MDNS_SERVICE_TYPE,
+            &me.short,
+            &host,
+            "",
+            me.port,
+            &props[..],
+        )
+        .map(mdns_sd::ServiceInfo::enable_addr_auto),
+    }
+    .map_err(mdns_err)?;
+    let fullname = info.get_fullname().to_string();
+    daemon.register(info).map_err(mdns_err)?;
+    let events = daemon.browse(k::MDNS_SERVICE_TYPE).map_err(mdns_err)?;
+    tasks.spawn_blocking(move || {
+        while !stop.is_cancelled() {
+            let Ok(event) = events.recv_timeout(Duration::from_millis(300)) else {
+                continue;
+            };
+            let mdns_sd::ServiceEvent::ServiceResolved(r) = event else {
+                continue;
+            };
+            let txt = |key: &str| {
+                r.txt_properties
+                    .get_property_val_str(key)
+                    .map(str::to_string)
+            };
+            // DISC-007, DISC-012.
+            if txt("v").as_deref() != Some("1")
+                || txt("community").as_deref() != Some(me.community.as_str())
+            {
+                continue;
+            }
+            let Some(node) = txt("node") else { continue };
+            if node == me.short {
+                continue;
+            }
+            let Some(addr) = r
+                .addresses
+                .iter()
+                .map(|a| a.to_ip_addr())
+                .find(std::net::IpAddr::is_ipv4)
+            else {
+                continue;
+            };
+            follower.follow(format!("http://{addr}:{}", r.port), Some(node), true);
+        }
+        // Goodbye (TTL 0) so peers forget us at once.
+        if let Ok(done) = daemon.unregister(&fullname) {
+            let _ = done.recv_timeout(Duration::from_secs(1));
+        }
+        if let Ok(done) = daemon.shutdown() {
+            let _ = done.recv_timeout(Duration::from_secs(1));
         }
     });
     Ok(())
@@ -356,5 +485,14 @@ mod tests {
         ] {
             assert!(Announce::parse(bad).is_none());
         }
+    }
+
+    #[test]
+    fn caps_txt_is_cut_at_a_comma() {
+        let names: Vec<String> = (0..40).map(|i| format!("capability.{i}")).collect();
+        let txt = caps_txt(&names);
+        assert!(txt.len() <= 200);
+        assert!(txt.split(',').all(|n| names.contains(&n.to_string())));
+        assert_eq!(caps_txt(&names[..2]), "capability.0,capability.1");
     }
 }

@@ -280,6 +280,31 @@ impl NodeBuilder {
                 tracing::warn!(error = %e, "UDP discovery is off");
             }
         }
+        if config.discovery.mdns_enabled
+            && let Some(community) = &config.community.community_id
+            && let Some(short_community) = crate::discovery::short_community(community)
+        {
+            let me = crate::discovery::Me {
+                short: bus.node_id().short(),
+                community: short_community,
+                port: local.port(),
+            };
+            let ip = Some(local.ip()).filter(|ip| !ip.is_unspecified());
+            if let Err(e) = crate::discovery::spawn_mdns(
+                bus.clone(),
+                me,
+                match config.node.profile.as_str() {
+                    p @ ("anchor" | "spark" | "bridge") => p,
+                    _ => "hearth",
+                },
+                ip,
+                follower.clone(),
+                &tasks,
+                shutdown.clone(),
+            ) {
+                tracing::warn!(error = %e, "mDNS discovery is off");
+            }
+        }
         let node = RunningNode {
             addr: local,
             bus,
@@ -451,7 +476,7 @@ impl RunningNode {
     /// Follows a peer at `url`: fetches and verifies its signed manifest now
     /// and every refresh interval, feeding its capabilities to the bus.
     pub fn add_peer(&self, url: &str) {
-        self.follower.follow(url.to_string(), None);
+        self.follower.follow(url.to_string(), None, true);
     }
 
     /// Fetches one peer's manifest now (tests use this to avoid waiting).

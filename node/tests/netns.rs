@@ -143,20 +143,33 @@ fn command(ns: Option<&str>) -> Command {
     }
 }
 
-fn envs(c: &mut Command, dir: &Path, host: &str, port: u16, root: &str) {
+/// Which discovery mechanism a run uses.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Mdns,
+    Udp,
+}
+
+fn envs(c: &mut Command, dir: &Path, host: &str, port: u16, root: &str, mode: Mode) {
     c.env("HEARTHNET_DATA_DIR", dir)
         .env("HEARTHNET_CONFIG_DIR", dir)
         .env("HEARTHNET__TRANSPORT__HOST", host)
         .env("HEARTHNET__TRANSPORT__PORT", port.to_string())
         .env("HEARTHNET__COMMUNITY__COMMUNITY_ID", root)
-        .env("HEARTHNET__DISCOVERY__MDNS_ENABLED", "false")
-        .env("HEARTHNET__DISCOVERY__UDP_ENABLED", "true")
+        .env(
+            "HEARTHNET__DISCOVERY__MDNS_ENABLED",
+            matches!(mode, Mode::Mdns).to_string(),
+        )
+        .env(
+            "HEARTHNET__DISCOVERY__UDP_ENABLED",
+            matches!(mode, Mode::Udp).to_string(),
+        )
         .env("HEARTHNET__DISCOVERY__REFRESH_SECONDS", "1")
         .env("HEARTHNET__DISCOVERY__PRUNE_SECONDS", "4")
         .env("RUST_LOG", "warn");
 }
 
-fn start(i: usize, base: &Path, net: Option<&Net>, root: &str) -> Node {
+fn start(i: usize, base: &Path, net: Option<&Net>, root: &str, mode: Mode) -> Node {
     let dir = base.join(format!("node{i}"));
     if !dir.join("keys/node.key").exists() {
         write_key(&dir, i);
@@ -167,7 +180,7 @@ fn start(i: usize, base: &Path, net: Option<&Net>, root: &str) -> Node {
     };
     let ns = net.map(|n| n.ns(i));
     let mut c = command(ns.as_deref());
-    envs(&mut c, &dir, &host, port, root);
+    envs(&mut c, &dir, &host, port, root, mode);
     let child = c
         .arg("run")
         .stdout(Stdio::null())
@@ -185,7 +198,7 @@ fn start(i: usize, base: &Path, net: Option<&Net>, root: &str) -> Node {
 /// `hearthnet peers` of a node, as NodeIDs.
 fn peers(node: &Node, root: &str) -> Vec<String> {
     let mut c = command(node.ns.as_deref());
-    envs(&mut c, &node.dir, "127.0.0.1", 1, root);
+    envs(&mut c, &node.dir, "127.0.0.1", 1, root, Mode::Udp);
     let out = c.args(["peers", "--node", &node.url]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -205,20 +218,24 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
     panic!("{what}: not within {limit:?}");
 }
 
-fn scenario(net: Option<&Net>) {
+fn scenario(net: Option<&Net>, mode: Mode) {
     let base = tempfile::tempdir().unwrap();
     let root = SecretKey::from_seed(seed(0)).node_id().to_string();
     let ids: Vec<String> = (0..3)
         .map(|i| SecretKey::from_seed(seed(i)).node_id().to_string())
         .collect();
-    let mut nodes: Vec<Node> = (0..3).map(|i| start(i, base.path(), net, &root)).collect();
-    // All three find each other.
-    let took = wait_for(
-        "three nodes discover each other",
-        Duration::from_secs(20),
-        || nodes.iter().all(|n| peers(n, &root).len() == 2),
-    );
-    eprintln!("discovery: all three saw both others after {took:?}");
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| start(i, base.path(), net, &root, mode))
+        .collect();
+    // All three find each other (mDNS: within 5 s).
+    let limit = match mode {
+        Mode::Mdns => Duration::from_secs(5),
+        Mode::Udp => Duration::from_secs(20),
+    };
+    let took = wait_for("three nodes discover each other", limit, || {
+        nodes.iter().all(|n| peers(n, &root).len() == 2)
+    });
+    eprintln!("discovery ({mode:?}): all three saw both others after {took:?}");
     for (i, n) in nodes.iter().enumerate() {
         let p = peers(n, &root);
         for (j, id) in ids.iter().enumerate() {
@@ -227,7 +244,7 @@ fn scenario(net: Option<&Net>) {
     }
     // A call crosses namespaces: node 0's CLI (signed with its key) calls node 1.
     let mut c = command(nodes[0].ns.as_deref());
-    envs(&mut c, &nodes[0].dir, "127.0.0.1", 1, &root);
+    envs(&mut c, &nodes[0].dir, "127.0.0.1", 1, &root, mode);
     let out = c
         .args(["call", "--node", &nodes[1].url, "protocol.describe"])
         .output()
@@ -267,7 +284,7 @@ fn scenario(net: Option<&Net>) {
             Duration::from_secs(30),
             || peers(&nodes[0], &root) == vec![ids[1].clone()],
         );
-        nodes.push(start(2, base.path(), None, &root));
+        nodes.push(start(2, base.path(), None, &root, mode));
         wait_for(
             "node 2 back after it restarts",
             Duration::from_secs(30),
@@ -276,21 +293,30 @@ fn scenario(net: Option<&Net>) {
     }
 }
 
-#[test]
-fn three_nodes_discover_each_other_across_namespaces() {
+fn run(mode: Mode) {
     match Net::create(3) {
         Some(net) => {
             eprintln!("network namespaces: yes (bridge {})", net.bridge());
-            scenario(Some(&net));
+            scenario(Some(&net), mode);
         }
         None => {
             eprintln!(
                 "NOTICE: network namespaces cannot be created here (needs root and `ip`); \
                  running the loopback variant of the discovery tests instead"
             );
-            scenario(None);
+            scenario(None, mode);
         }
     }
+}
+
+#[test]
+fn three_nodes_discover_each_other_by_mdns_across_namespaces() {
+    run(Mode::Mdns);
+}
+
+#[test]
+fn three_nodes_discover_each_other_by_udp_across_namespaces() {
+    run(Mode::Udp);
 }
 
 /// Discovery times over repeated starts, for `docs/benchmarks.md`:
@@ -298,6 +324,12 @@ fn three_nodes_discover_each_other_across_namespaces() {
 #[test]
 #[ignore = "measurement, run by hand"]
 fn discovery_times_over_ten_starts() {
+    for mode in [Mode::Mdns, Mode::Udp] {
+        discovery_times(mode);
+    }
+}
+
+fn discovery_times(mode: Mode) {
     let Some(net) = Net::create(3) else {
         eprintln!("NOTICE: network namespaces cannot be created here");
         return;
@@ -307,7 +339,7 @@ fn discovery_times_over_ten_starts() {
     let mut times = Vec::new();
     for _ in 0..10 {
         let nodes: Vec<Node> = (0..3)
-            .map(|i| start(i, base.path(), Some(&net), &root))
+            .map(|i| start(i, base.path(), Some(&net), &root, mode))
             .collect();
         let took = wait_for("discovery", Duration::from_secs(30), || {
             nodes.iter().all(|n| peers(n, &root).len() == 2)
@@ -318,7 +350,7 @@ fn discovery_times_over_ten_starts() {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "UDP discovery, 3 nodes in namespaces, from the first start until all see both others: median {:.2} s, max {:.2} s, all {times:?}",
+        "{mode:?} discovery, 3 nodes in namespaces, from the first start until all see both others: median {:.2} s, max {:.2} s, all {times:?}",
         (times[4] + times[5]) / 2.0,
         times[9]
     );
