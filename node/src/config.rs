@@ -429,6 +429,18 @@ pub struct EmergencyConfig {
     /// Connectivity probes as `dns://<resolver>[:port]/<name>` or
     /// `https://<host>[:port]/<path>` (decision 0053).
     pub probe_targets: Vec<String>,
+    /// Run the connectivity detector (probes leave the LAN; turn off where
+    /// the node must not contact the targets).
+    pub enabled: bool,
+    /// Seconds of unbroken failing ticks from DEGRADED to OFFLINE (EMERG-013:
+    /// 30); lower only in labs and tests.
+    pub transition_debounce_seconds: u64,
+    /// Seconds of unbroken good ticks back to ONLINE (EMERG-014: 10).
+    pub online_recovery_seconds: u64,
+    /// Probe interval while ONLINE (EMERG-008: 10).
+    pub probe_interval_online_seconds: u64,
+    /// Probe interval otherwise (EMERG-008: 2).
+    pub probe_interval_offline_seconds: u64,
 }
 
 impl Default for EmergencyConfig {
@@ -440,6 +452,11 @@ impl Default for EmergencyConfig {
                 "https://cloudflare.com/".into(),
                 "https://quad9.net/".into(),
             ],
+            enabled: true,
+            transition_debounce_seconds: 30,
+            online_recovery_seconds: 10,
+            probe_interval_online_seconds: 10,
+            probe_interval_offline_seconds: 2,
         }
     }
 }

@@ -232,6 +232,23 @@ impl NodeBuilder {
         let server = tokio::spawn(transport::serve(listener, app, limits, shutdown.clone()));
         let refresh = Duration::from_secs(config.discovery.refresh_seconds);
         let tasks = TaskTracker::new();
+        if config.emergency.enabled {
+            let e = &config.emergency;
+            let s = Duration::from_secs;
+            let detector = crate::emergency::Emergency::new(
+                &e.probe_targets,
+                crate::emergency::Timings {
+                    debounce: s(e.transition_debounce_seconds),
+                    recovery: s(e.online_recovery_seconds),
+                    interval_online: s(e.probe_interval_online_seconds.max(1)),
+                    interval_offline: s(e.probe_interval_offline_seconds.max(1)),
+                    ..Default::default()
+                },
+                events.clone(),
+            );
+            bus.register(detector.clone())?;
+            tasks.spawn(detector.run(shutdown.clone()));
+        }
         if let Some(log) = &events {
             for b in background {
                 b.spawn(log.clone(), &tasks, shutdown.clone());

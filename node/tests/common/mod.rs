@@ -25,6 +25,7 @@ pub fn config(dir: &std::path::Path) -> Config {
     c.transport.shutdown_grace_seconds = 5;
     c.discovery.mdns_enabled = false;
     c.discovery.udp_enabled = false;
+    c.emergency.enabled = false;
     c.paths.data_dir = Some(dir.to_path_buf());
     c
 }
