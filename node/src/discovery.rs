@@ -9,7 +9,7 @@
 //! manifest is fetched every refresh interval; a peer without a verified
 //! manifest for `discovery.prune_seconds` is removed (DISC-020).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use hearthnet_sdk::constants as k;
 use hearthnet_sdk::identity::NodeId;
-use hearthnet_sdk::proto::hearthnet::identity::v1::SignedEnvelope;
+use hearthnet_sdk::proto::hearthnet::discovery::v1::{self as dpb, PeerSource};
+use hearthnet_sdk::proto::hearthnet::identity::v1::{NodeManifest, SignedEnvelope};
 use hearthnet_sdk::proto::hearthnet::node::v1 as nodepb;
 
 use crate::bus::Bus;
@@ -101,6 +102,25 @@ pub async fn fetch_manifest(
     url: &str,
     expect: Option<(&str, &str)>,
 ) -> Result<NodeId, DiscoveryError> {
+    let (node, manifest) = fetch_verified(bus, url, expect).await?;
+    register(bus, &node, url, &manifest);
+    Ok(node)
+}
+
+/// Feeds a verified manifest to the bus's routing.
+fn register(bus: &Bus, node: &NodeId, url: &str, manifest: &NodeManifest) {
+    bus.update_peer(node, url, &manifest.capabilities);
+    bus.metrics()
+        .peers
+        .set(i64::try_from(bus.peers().len()).unwrap_or(0));
+}
+
+/// Fetches and verifies a manifest without registering the peer.
+pub async fn fetch_verified(
+    bus: &Bus,
+    url: &str,
+    expect: Option<(&str, &str)>,
+) -> Result<(NodeId, NodeManifest), DiscoveryError> {
     let err = |reason: String| DiscoveryError::Peer {
         url: url.to_string(),
         reason,
@@ -130,12 +150,23 @@ pub async fn fetch_manifest(
             return Err(err("manifest names another community".into()));
         }
     }
-    bus.update_peer(&node, url, &manifest.capabilities);
-    bus.metrics()
-        .peers
-        .set(i64::try_from(bus.peers().len()).unwrap_or(0));
-    Ok(node)
+    Ok((node, manifest))
 }
+
+/// What the registry knows of one peer.
+#[derive(Debug, Clone)]
+struct PeerRecord {
+    manifest: NodeManifest,
+    source: PeerSource,
+    last_seen: i64,
+}
+
+/// Known peers by NodeID text (DISC-002).
+pub type PeerTable = Arc<Mutex<BTreeMap<String, PeerRecordHandle>>>;
+
+/// An opaque registry entry.
+#[derive(Debug, Clone)]
+pub struct PeerRecordHandle(PeerRecord);
 
 /// Follows peers: one refresh loop per URL, pruning silent ones.
 #[derive(Clone)]
@@ -147,6 +178,7 @@ pub struct Follower {
     tasks: TaskTracker,
     stop: CancellationToken,
     followed: Arc<Mutex<HashSet<String>>>,
+    table: PeerTable,
 }
 
 impl Follower {
@@ -167,7 +199,27 @@ impl Follower {
             tasks,
             stop,
             followed: Arc::default(),
+            table: Arc::default(),
         }
+    }
+
+    /// The peer table.
+    pub fn table(&self) -> PeerTable {
+        self.table.clone()
+    }
+
+    /// Records a verified manifest (keeping how the peer was first found).
+    fn record(&self, node: &NodeId, manifest: NodeManifest, source: PeerSource) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let source = t.get(&node.to_string()).map_or(source, |r| r.0.source);
+        t.insert(
+            node.to_string(),
+            PeerRecordHandle(PeerRecord {
+                manifest,
+                source,
+                last_seen: hearthnet_sdk::wkt::Timestamp::now().seconds,
+            }),
+        );
     }
 
     /// Follows `url`, checking the manifest against the `announced` short id
@@ -175,7 +227,13 @@ impl Follower {
     /// mDNS peers, whose records are not re-sent); otherwise following ends
     /// once the peer is pruned (UDP peers announce again). Following a URL
     /// already followed does nothing. Returns whether `url` is new.
-    pub fn follow(&self, url: String, announced: Option<String>, retry: bool) -> bool {
+    pub fn follow(
+        &self,
+        url: String,
+        announced: Option<String>,
+        retry: bool,
+        source: PeerSource,
+    ) -> bool {
         if !self
             .followed
             .lock()
@@ -193,10 +251,12 @@ impl Follower {
                     (Some(s), Some(c)) => Some((s.as_str(), c.as_str())),
                     _ => None,
                 };
-                match fetch_manifest(&this.bus, &url, expect).await {
-                    Ok(n) => {
+                match fetch_verified(&this.bus, &url, expect).await {
+                    Ok((n, manifest)) => {
+                        register(&this.bus, &n, &url, &manifest);
                         node = Some(n);
                         last_ok = Instant::now();
+                        this.record(&n, manifest, source);
                     }
                     Err(e) => {
                         tracing::debug!(peer = %url, error = %e, "peer manifest refresh failed");
@@ -204,6 +264,10 @@ impl Follower {
                             if let Some(n) = node.take() {
                                 tracing::info!(peer = %url, node = %n, "peer went silent; pruned");
                                 this.bus.remove_peer(&n);
+                                this.table
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&n.to_string());
                                 this.bus
                                     .metrics()
                                     .peers
@@ -226,6 +290,154 @@ impl Follower {
                 .remove(&url);
         });
         true
+    }
+}
+
+/// `discovery.peers` and `discovery.peer.add` (DISC-001, DISC-002).
+pub struct DiscoveryService {
+    follower: Follower,
+    members: Option<crate::events::EventLog>,
+}
+
+impl DiscoveryService {
+    /// The service over the node's follower.
+    pub fn new(follower: Follower, members: Option<crate::events::EventLog>) -> Arc<Self> {
+        Arc::new(Self { follower, members })
+    }
+}
+
+impl crate::bus::Service for DiscoveryService {
+    fn name(&self) -> &str {
+        "discovery"
+    }
+
+    fn offers(&self) -> Vec<crate::bus::Offer> {
+        ["discovery.peers", "discovery.peer.add"]
+            .iter()
+            .filter_map(|n| crate::bus::Offer::of(n))
+            .collect()
+    }
+
+    fn call(
+        &self,
+        req: crate::bus::Request,
+        out: crate::bus::Sink,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::error::CallError>> {
+        use crate::error::CallError;
+        use futures::FutureExt;
+        use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
+        let follower = self.follower.clone();
+        let members = self.members.clone();
+        async move {
+            let started = Instant::now();
+            if req.trust != crate::bus::Trust::Operator {
+                return Err(CallError::new(
+                    ErrorCode::Unauthorized,
+                    "only this node's operator may manage its peers",
+                ));
+            }
+            match req.capability.name {
+                "discovery.peers" => {
+                    let r: dpb::PeersRequest = req.decode()?;
+                    let stale = r.input.unwrap_or_default().include_stale;
+                    let now = hearthnet_sdk::wkt::Timestamp::now().seconds;
+                    let table = follower.table();
+                    let peers = table
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .filter(|(_, r)| {
+                            stale || r.0.manifest.expires_at.is_some_and(|t| t.seconds > now)
+                        })
+                        .map(|(id, r)| {
+                            let m = &r.0.manifest;
+                            dpb::Peer {
+                                node_id: id.clone(),
+                                display_name: m.display_name.clone(),
+                                community_id: m.community_id.clone(),
+                                profile: match m.profile {
+                                    1 => "anchor",
+                                    3 => "spark",
+                                    4 => "bridge",
+                                    _ => "hearth",
+                                }
+                                .into(),
+                                endpoints: m.endpoints.clone(),
+                                source: r.0.source as i32,
+                                last_seen: Some(hearthnet_sdk::wkt::Timestamp {
+                                    seconds: r.0.last_seen,
+                                    nanos: 0,
+                                }),
+                                manifest_expires_at: m.expires_at,
+                            }
+                        })
+                        .collect();
+                    out.send(&dpb::PeersResponse {
+                        output: Some(dpb::PeersOutput { peers }),
+                        meta: Some(dpb::PeersMeta {
+                            ms: started.elapsed().as_millis() as u64,
+                        }),
+                    })
+                    .await
+                }
+                "discovery.peer.add" => {
+                    let r: dpb::PeerAddRequest = req.decode()?;
+                    let input = r.input.unwrap_or_default();
+                    if input.persist {
+                        return Err(CallError::bad_request(
+                            "persist is not supported by this build; add the peer to discovery.static_peers",
+                        ));
+                    }
+                    let host: std::net::IpAddr = input.host.parse().map_err(|_| {
+                        CallError::bad_request(format!("host `{}` is not an IP address", input.host))
+                    })?;
+                    let port = if input.port == 0 { 7080 } else { input.port };
+                    let port = u16::try_from(port)
+                        .map_err(|_| CallError::bad_request("port is above 65535"))?;
+                    let url = format!("http://{}", SocketAddr::new(host, port));
+                    let (node, manifest) = fetch_verified(&follower.bus, &url, None)
+                        .await
+                        .map_err(|e| {
+                            let text = e.to_string();
+                            let code = if text.contains("expired") {
+                                ErrorCode::Expired
+                            } else if text.contains("signature") {
+                                ErrorCode::InvalidSignature
+                            } else {
+                                ErrorCode::Partition
+                            };
+                            CallError::new(code, text)
+                        })?;
+                    if !input.node_id.is_empty() && node.to_string() != input.node_id {
+                        return Err(CallError::bad_request(format!(
+                            "the node at {url} is {node}, not {}",
+                            input.node_id
+                        )));
+                    }
+                    register(&follower.bus, &node, &url, &manifest);
+                    follower.record(&node, manifest, PeerSource::Manual);
+                    follower.follow(url, None, true, PeerSource::Manual);
+                    let member = members
+                        .as_ref()
+                        .is_some_and(|l| l.membership().is_member(&node.to_string()));
+                    out.send(&dpb::PeerAddResponse {
+                        output: Some(dpb::PeerAddOutput {
+                            node_id: node.to_string(),
+                            member,
+                        }),
+                        meta: Some(dpb::PeerAddMeta {
+                            ms: started.elapsed().as_millis() as u64,
+                        }),
+                    })
+                    .await
+                }
+                other => Err(CallError::new(
+                    ErrorCode::NotFound,
+                    format!("discovery does not serve {other}"),
+                )),
+            }
+        }
+        .boxed()
     }
 }
 
@@ -325,7 +537,7 @@ pub fn spawn_udp(
                 continue;
             }
             let url = format!("http://{}:{}", from.ip(), a.port);
-            if follower.follow(url, Some(a.node), false) {
+            if follower.follow(url, Some(a.node), false, PeerSource::Udp) {
                 heard.notify_one();
             }
         }
@@ -444,7 +656,12 @@ pub fn spawn_mdns(
             else {
                 continue;
             };
-            follower.follow(format!("http://{addr}:{}", r.port), Some(node), true);
+            follower.follow(
+                format!("http://{addr}:{}", r.port),
+                Some(node),
+                true,
+                PeerSource::Mdns,
+            );
         }
         // Goodbye (TTL 0) so peers forget us at once.
         if let Ok(done) = daemon.unregister(&fullname) {

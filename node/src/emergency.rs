@@ -279,11 +279,17 @@ pub struct Emergency {
     targets: Vec<(String, Probe)>,
     timings: Timings,
     log: Option<EventLog>,
+    bus: crate::bus::WeakBus,
 }
 
 impl Emergency {
     /// A detector over configured targets (already validated).
-    pub fn new(targets: &[String], timings: Timings, log: Option<EventLog>) -> Arc<Self> {
+    pub fn new(
+        targets: &[String],
+        timings: Timings,
+        log: Option<EventLog>,
+        bus: &crate::bus::Bus,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 machine: Machine::new(timings),
@@ -299,6 +305,7 @@ impl Emergency {
                 .collect(),
             timings,
             log,
+            bus: bus.downgrade(),
         })
     }
 
@@ -337,6 +344,9 @@ impl Emergency {
             st.since = Timestamp::now();
             if let Some(log) = &self.log {
                 log.set_offline(effective == Mode::Offline);
+            }
+            if let Some(bus) = self.bus.upgrade() {
+                bus.set_offline(effective == Mode::Offline);
             }
         }
     }

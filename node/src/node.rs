@@ -245,6 +245,7 @@ impl NodeBuilder {
                     ..Default::default()
                 },
                 events.clone(),
+                &bus,
             );
             bus.register(detector.clone())?;
             tasks.spawn(detector.run(shutdown.clone()));
@@ -270,6 +271,10 @@ impl NodeBuilder {
             tasks.clone(),
             shutdown.clone(),
         );
+        bus.register(crate::discovery::DiscoveryService::new(
+            follower.clone(),
+            events.clone(),
+        ))?;
         if config.discovery.udp_enabled
             && let Some(community) = &config.community.community_id
             && let Some(short_community) = crate::discovery::short_community(community)
@@ -493,7 +498,12 @@ impl RunningNode {
     /// Follows a peer at `url`: fetches and verifies its signed manifest now
     /// and every refresh interval, feeding its capabilities to the bus.
     pub fn add_peer(&self, url: &str) {
-        self.follower.follow(url.to_string(), None, true);
+        self.follower.follow(
+            url.to_string(),
+            None,
+            true,
+            hearthnet_sdk::proto::hearthnet::discovery::v1::PeerSource::Static,
+        );
     }
 
     /// Fetches one peer's manifest now (tests use this to avoid waiting).

@@ -152,3 +152,149 @@ async fn probes_drive_the_mode_and_overrides_win() {
     assert_eq!(err.wire_code(), Some("unauthorized"));
     node.shutdown().await;
 }
+
+/// A provider that needs the internet (like a cloud LLM backend).
+struct Cloud;
+
+impl hearthnet_node::bus::Service for Cloud {
+    fn name(&self) -> &str {
+        "cloud"
+    }
+    fn offers(&self) -> Vec<hearthnet_node::bus::Offer> {
+        let mut o = hearthnet_node::bus::Offer::of("llm.chat").unwrap();
+        o.requires_internet = true;
+        vec![o]
+    }
+    fn call(
+        &self,
+        _req: hearthnet_node::bus::Request,
+        _out: hearthnet_node::bus::Sink,
+    ) -> futures::future::BoxFuture<'static, Result<(), hearthnet_node::error::CallError>> {
+        Box::pin(async {
+            Err(hearthnet_node::error::CallError::internal(
+                "not in this test",
+            ))
+        })
+    }
+}
+
+fn remote_llm(node: &hearthnet_node::RunningNode) -> bool {
+    node.bus()
+        .remote_capabilities()
+        .iter()
+        .any(|c| c.name == "llm.chat")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_suspends_internet_capabilities_and_peers_see_it() {
+    use hearthnet_sdk::proto::hearthnet::discovery::v1 as dpb;
+    let up = Arc::new(AtomicBool::new(true));
+    let probe = responder(up.clone()).await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let community = common::key(1).node_id().to_string();
+    let mut ca = common::config(da.path());
+    ca.community.community_id = Some(community.clone());
+    ca.emergency.enabled = true;
+    ca.emergency.probe_targets = vec![format!("dns://{probe}/probe.test")];
+    ca.emergency.probe_interval_online_seconds = 1;
+    let a = NodeBuilder::new(ca)
+        .key(common::key(1))
+        .service(Arc::new(Cloud))
+        .start()
+        .await
+        .unwrap();
+    let mut cb = common::config(db.path());
+    cb.community.community_id = Some(community);
+    cb.discovery.refresh_seconds = 1;
+    let b = NodeBuilder::new(cb)
+        .key(common::key(2))
+        .start()
+        .await
+        .unwrap();
+    wait_mode(&a, pb::Mode::Online, Duration::from_secs(10)).await;
+
+    // B adds A by hand (DISC-001) and lists it (DISC-002).
+    let add = dpb::PeerAddRequest {
+        params: None,
+        input: Some(dpb::PeerAddInput {
+            host: "127.0.0.1".into(),
+            port: u32::from(a.addr().port()),
+            node_id: common::key(1).node_id().to_string(),
+            persist: false,
+        }),
+    };
+    let added: dpb::PeerAddResponse = b
+        .bus()
+        .unary("discovery.peer.add", "1.0", &add)
+        .await
+        .unwrap();
+    assert_eq!(
+        added.output.unwrap().node_id,
+        common::key(1).node_id().to_string()
+    );
+    let wrong = dpb::PeerAddRequest {
+        params: None,
+        input: Some(dpb::PeerAddInput {
+            node_id: common::key(5).node_id().to_string(),
+            ..add.input.clone().unwrap()
+        }),
+    };
+    let err = b
+        .bus()
+        .unary::<_, dpb::PeerAddResponse>("discovery.peer.add", "1.0", &wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code.wire_name(), "bad_request");
+    let listed: dpb::PeersResponse = b
+        .bus()
+        .unary("discovery.peers", "1.0", &dpb::PeersRequest::default())
+        .await
+        .unwrap();
+    let peers = listed.output.unwrap().peers;
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].source, dpb::PeerSource::Manual as i32);
+    assert!(remote_llm(&b), "B sees A's llm.chat");
+
+    // A goes offline: llm.chat leaves its offers and B's routing.
+    let set = |o: pb::ModeOverride| pb::SetModeRequest {
+        params: None,
+        input: Some(pb::SetModeInput {
+            r#override: o as i32,
+        }),
+    };
+    let _: pb::SetModeResponse = a
+        .bus()
+        .unary(
+            "emergency.mode.set",
+            "1.0",
+            &set(pb::ModeOverride::ForceOffline),
+        )
+        .await
+        .unwrap();
+    assert!(!a.bus().local_offers().iter().any(|o| o.name == "llm.chat"));
+    let t = Instant::now();
+    while remote_llm(&b) {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "B never saw A go offline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Back online: restored on A and at B.
+    let _: pb::SetModeResponse = a
+        .bus()
+        .unary("emergency.mode.set", "1.0", &set(pb::ModeOverride::Auto))
+        .await
+        .unwrap();
+    assert!(a.bus().local_offers().iter().any(|o| o.name == "llm.chat"));
+    let t = Instant::now();
+    while !remote_llm(&b) {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "B never saw A come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

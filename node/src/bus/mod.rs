@@ -169,6 +169,11 @@ struct Inner {
     metrics: Arc<Metrics>,
     traces: Arc<TraceRing>,
     trust_source: RwLock<Option<Arc<dyn TrustSource>>>,
+    /// Offline (emergency) mode: capabilities needing the internet are
+    /// suspended (EMERG-018).
+    offline: std::sync::atomic::AtomicBool,
+    /// Bumped when what the node offers changes (manifests are re-signed).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Where trust levels come from besides the static configuration: the
@@ -246,6 +251,8 @@ impl Bus {
                 metrics,
                 traces,
                 trust_source: RwLock::new(None),
+                offline: std::sync::atomic::AtomicBool::new(false),
+                generation: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -273,6 +280,31 @@ impl Bus {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+    }
+
+    /// Suspends (offline) or restores every local capability registered as
+    /// requiring the internet (EMERG-018).
+    pub fn set_offline(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        if self.inner.offline.swap(on, Ordering::SeqCst) != on {
+            self.inner.generation.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(
+                offline = on,
+                "capabilities needing the internet {}",
+                if on { "suspended" } else { "restored" }
+            );
+        }
+    }
+
+    /// Changes whenever what this node offers changes.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn visible(&self, e: &LocalEntry) -> bool {
+        !(e.offer.requires_internet && self.inner.offline.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// A handle that does not keep the bus alive.
@@ -336,6 +368,7 @@ impl Bus {
         let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
         local
             .values()
+            .filter(|e| self.visible(e))
             .map(|e| OfferedCapability {
                 name: e.offer.capability.name.to_string(),
                 version: e.offer.capability.version.to_string(),
@@ -351,6 +384,7 @@ impl Bus {
         let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
         local
             .values()
+            .filter(|e| self.visible(e))
             .map(|e| {
                 (
                     e.offer.capability,
@@ -763,11 +797,12 @@ impl Bus {
         let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
         let mut served_versions: Vec<String> = local
             .values()
-            .filter(|e| e.offer.capability.name == name)
+            .filter(|e| e.offer.capability.name == name && self.visible(e))
             .map(|e| e.offer.capability.version.to_string())
             .collect();
         let local_hit = local
             .get(&(name.to_string(), min.0))
+            .filter(|e| self.visible(e))
             .filter(|e| e.offer.capability.version_numbers().1 >= min.1);
         let local_load = local_hit.map(|e| load(&e.in_flight, e.offer.max_concurrent));
         let local_saturated =
@@ -873,7 +908,7 @@ impl Bus {
     ) -> (String, u64, String, &'static str) {
         let found = {
             let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
-            local.get(&key).map(|e| {
+            local.get(&key).filter(|e| self.visible(e)).map(|e| {
                 (
                     e.offer.capability,
                     e.service.clone(),
@@ -1262,6 +1297,7 @@ impl Bus {
             let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
             local
                 .get(&(capability.to_string(), min.0))
+                .filter(|e| self.visible(e))
                 .filter(|e| e.offer.capability.version_numbers().1 >= min.1)
                 .filter(|e| e.offer.capability.streaming == Streaming::Unary)
                 .map(|e| {

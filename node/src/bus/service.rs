@@ -26,6 +26,8 @@ pub struct Offer {
     pub params: BTreeMap<String, String>,
     /// Most concurrent calls (0 = unlimited).
     pub max_concurrent: u32,
+    /// Needs the internet: suspended while the node is offline (EMERG-018).
+    pub requires_internet: bool,
 }
 
 impl Offer {
@@ -38,6 +40,7 @@ impl Offer {
             capability,
             params: BTreeMap::new(),
             max_concurrent: capability.max_concurrent,
+            requires_internet: false,
         })
     }
 }

@@ -38,11 +38,15 @@ pub struct NodeInfo {
     pub started: Instant,
 }
 
+/// A signed manifest, its expiry, when it was signed and the bus generation
+/// it describes.
+type CachedManifest = (Vec<u8>, Timestamp, Instant, u64);
+
 /// Protocol introspection and node meta capabilities.
 pub struct Introspection {
     bus: Bus,
     info: NodeInfo,
-    manifest: Mutex<Option<(Vec<u8>, Timestamp, Instant)>>,
+    manifest: Mutex<Option<CachedManifest>>,
 }
 
 impl Introspection {
@@ -61,8 +65,10 @@ impl Introspection {
         let mut cached = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
         let fresh =
             Duration::from_secs(hearthnet_sdk::records::MANIFEST_REPUBLISH_INTERVAL_SECONDS as u64);
-        if let Some((bytes, exp, at)) = cached.as_ref()
+        let generation = self.bus.generation();
+        if let Some((bytes, exp, at, g)) = cached.as_ref()
             && at.elapsed() < fresh
+            && *g == generation
         {
             return (bytes.clone(), *exp);
         }
@@ -96,7 +102,7 @@ impl Introspection {
         .and_then(|(_, m)| m.expires_at)
         .unwrap_or_default();
         let bytes = env.encode_to_vec();
-        *cached = Some((bytes.clone(), exp, Instant::now()));
+        *cached = Some((bytes.clone(), exp, Instant::now(), generation));
         (bytes, exp)
     }
 
