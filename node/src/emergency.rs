@@ -340,13 +340,52 @@ impl Emergency {
         };
         if effective != st.effective {
             tracing::warn!(from = ?st.effective, to = ?effective, "connectivity mode changed");
+            let previous = st.effective;
             st.effective = effective;
             st.since = Timestamp::now();
+            let offline = effective == Mode::Offline;
+            let was_offline = previous == Mode::Offline;
             if let Some(log) = &self.log {
-                log.set_offline(effective == Mode::Offline);
+                log.set_offline(offline);
+                // EMERG-017: local-only, to the operator's subscriptions.
+                log.publish_local(
+                    "emergency.mode.changed",
+                    pb::ModeChangedEvent {
+                        online: !offline,
+                        mode: effective as i32,
+                        previous: previous as i32,
+                        since: Some(st.since),
+                    }
+                    .encode_to_vec_boxed(),
+                );
             }
             if let Some(bus) = self.bus.upgrade() {
-                bus.set_offline(effective == Mode::Offline);
+                bus.set_offline(offline);
+                // EMERG-018: the suspended capabilities leave and come back.
+                if offline != was_offline
+                    && let Some(log) = &self.log
+                {
+                    for (cap, params, max) in bus.internet_capabilities() {
+                        let payload = if offline {
+                            hearthnet_sdk::proto::hearthnet::node::v1::CapabilityDeregisteredEvent {
+                                name: cap.name.to_string(),
+                                version: cap.version.to_string(),
+                            }
+                            .encode_to_vec_boxed()
+                        } else {
+                            hearthnet_sdk::proto::hearthnet::node::v1::CapabilityRegisteredEvent {
+                                spec: Some(crate::services::builtin::spec(cap, &params, max)),
+                            }
+                            .encode_to_vec_boxed()
+                        };
+                        let ty = if offline {
+                            "capability.deregistered"
+                        } else {
+                            "capability.registered"
+                        };
+                        log.publish_local(ty, payload);
+                    }
+                }
             }
         }
     }

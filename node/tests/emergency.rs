@@ -255,6 +255,27 @@ async fn offline_suspends_internet_capabilities_and_peers_see_it() {
     assert_eq!(peers[0].source, dpb::PeerSource::Manual as i32);
     assert!(remote_llm(&b), "B sees A's llm.chat");
 
+    // A's operator subscribes to the local-only messages (EVT-041).
+    use hearthnet_sdk::proto::hearthnet::event::v1 as ev;
+    use prost::Message;
+    let operator = common::client(&a, 1)
+        .await
+        .with_community(common::key(1).node_id().to_string());
+    let sub = ev::SubscribeRequest {
+        params: None,
+        input: Some(ev::SubscribeInput {
+            topics: vec!["emergency.*".into(), "capability.*".into()],
+        }),
+    };
+    let call = operator.request(
+        "event.subscribe",
+        "1.0",
+        hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding::Proto,
+        sub.encode_to_vec(),
+    );
+    let mut stream = operator.send(call, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
     // A goes offline: llm.chat leaves its offers and B's routing.
     let set = |o: pb::ModeOverride| pb::SetModeRequest {
         params: None,
@@ -272,6 +293,33 @@ async fn offline_suspends_internet_capabilities_and_peers_see_it() {
         .await
         .unwrap();
     assert!(!a.bus().local_offers().iter().any(|o| o.name == "llm.chat"));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let item = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let hearthnet_sdk::client::CallItem::Data(d) = item else {
+            continue;
+        };
+        let Some(ev::subscribe_response::Frame::Message(m)) =
+            ev::SubscribeResponse::decode(d.as_slice()).unwrap().frame
+        else {
+            continue;
+        };
+        let Some(ev::topic_message::Body::Payload(p)) = m.body else {
+            panic!("local-only messages carry the bare payload")
+        };
+        if m.r#type == "emergency.mode.changed" {
+            let changed = pb::ModeChangedEvent::decode(p.as_slice()).unwrap();
+            assert_eq!(changed.mode, pb::Mode::Offline as i32);
+            assert!(!changed.online);
+        }
+        seen.push(m.r#type);
+    }
+    seen.sort();
+    assert_eq!(seen, ["capability.deregistered", "emergency.mode.changed"]);
     let t = Instant::now();
     while remote_llm(&b) {
         assert!(

@@ -303,6 +303,25 @@ impl Bus {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Local capabilities registered as needing the internet, with their
+    /// params and concurrency limits.
+    pub fn internet_capabilities(
+        &self,
+    ) -> Vec<(&'static Capability, BTreeMap<String, String>, u32)> {
+        let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
+        local
+            .values()
+            .filter(|e| e.offer.requires_internet)
+            .map(|e| {
+                (
+                    e.offer.capability,
+                    e.offer.params.clone(),
+                    e.offer.max_concurrent,
+                )
+            })
+            .collect()
+    }
+
     fn visible(&self, e: &LocalEntry) -> bool {
         !(e.offer.requires_internet && self.inner.offline.load(std::sync::atomic::Ordering::SeqCst))
     }

@@ -165,6 +165,8 @@ struct Subscriber {
     filters: Vec<String>,
     tx: mpsc::Sender<TopicMessage>,
     overflow: Arc<AtomicBool>,
+    /// The node's own operator also receives local-only messages (EVT-041).
+    operator: bool,
 }
 
 struct Inner {
@@ -1235,6 +1237,7 @@ impl EventLog {
     pub fn subscribe(
         &self,
         filters: Vec<String>,
+        operator: bool,
     ) -> (mpsc::Receiver<TopicMessage>, Arc<AtomicBool>) {
         let (tx, rx) = mpsc::channel(hearthnet_sdk::constants::EVENT_SUBSCRIBE_QUEUE_MAX as usize);
         let overflow = Arc::new(AtomicBool::new(false));
@@ -1244,10 +1247,41 @@ impl EventLog {
             .unwrap_or_else(|e| e.into_inner())
             .push(Subscriber {
                 filters,
+                operator,
                 tx,
                 overflow: overflow.clone(),
             });
         (rx, overflow)
+    }
+
+    /// Publishes a local-only message (e.g. `emergency.mode.changed`,
+    /// `capability.deregistered`) to the operator's subscriptions; it is
+    /// never logged and never leaves the node (EVT-041, EVT-043).
+    pub fn publish_local(&self, event_type: &str, payload: Vec<u8>) {
+        let topic = topic_of(event_type, &payload);
+        let mut subs = self.inner.subs.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| {
+            if !s.operator || !s.filters.iter().any(|f| filter_matches(f, &topic)) {
+                return !s.tx.is_closed();
+            }
+            let msg = TopicMessage {
+                topic: topic.clone(),
+                r#type: event_type.to_string(),
+                body: Some(
+                    hearthnet_sdk::proto::hearthnet::event::v1::topic_message::Body::Payload(
+                        payload.clone(),
+                    ),
+                ),
+            };
+            match s.tx.try_send(msg) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.overflow.store(true, Ordering::SeqCst);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
     }
 
     fn publish(&self, events: &[Parsed]) {

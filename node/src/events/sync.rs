@@ -164,8 +164,9 @@ impl Service for EventService {
                 }
                 "event.subscribe" => {
                     let r: ev::SubscribeRequest = req.decode()?;
-                    serve_subscribe(&log, r.input.unwrap_or_default().topics, &out, req.cancel)
-                        .await
+                    let operator = req.trust == Trust::Operator;
+                    let topics = r.input.unwrap_or_default().topics;
+                    serve_subscribe(&log, topics, operator, &out, req.cancel).await
                 }
                 other => Err(CallError::new(
                     ErrorCode::NotFound,
@@ -350,6 +351,7 @@ fn decode_frame(data: &[u8]) -> Result<Option<Vec<Vec<u8>>>, ClientError> {
 async fn serve_subscribe(
     log: &EventLog,
     topics: Vec<String>,
+    operator: bool,
     out: &Sink,
     cancel: CancellationToken,
 ) -> Result<(), CallError> {
@@ -365,7 +367,7 @@ async fn serve_subscribe(
             "topic filter `{bad}` is not an exact topic, a prefix ending in `.*` or `*`"
         )));
     }
-    let (mut rx, overflow) = log.subscribe(topics);
+    let (mut rx, overflow) = log.subscribe(topics, operator);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

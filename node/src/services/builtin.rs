@@ -267,7 +267,12 @@ fn stability(c: &Capability) -> Stability {
         .unwrap_or(Stability::Unspecified)
 }
 
-fn spec(c: &Capability, params: &BTreeMap<String, String>, max: u32) -> node::CapabilitySpec {
+/// The wire description of a local capability.
+pub(crate) fn spec(
+    c: &Capability,
+    params: &BTreeMap<String, String>,
+    max: u32,
+) -> node::CapabilitySpec {
     let fields = params
         .iter()
         .map(|(k, v)| {
