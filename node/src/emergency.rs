@@ -5,9 +5,8 @@
 //! switches the event log to its emergency sync cadence.
 //!
 //! Probes: `dns://resolver[:port]/name` sends one recursive A query over UDP
-//! (EMERG-006). `https://host[:port]/path` is checked by opening a TCP
-//! connection to the host within the timeout; the TLS handshake and `HEAD`
-//! request of EMERG-007 are not made by this build (documented gap).
+//! (EMERG-006); `https://host[:port]/path` sends one `HEAD` request over TLS
+//! validated against the system's trusted roots (rustls, EMERG-007).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -178,6 +177,8 @@ pub enum Probe {
         host: String,
         /// Port (443 unless given).
         port: u16,
+        /// Path (with its leading `/`).
+        path: String,
     },
 }
 
@@ -196,32 +197,76 @@ impl Probe {
                 name: name.trim_end_matches('.').to_string(),
             })
         } else if let Some(rest) = target.strip_prefix("https://") {
-            let hostport = rest.split('/').next()?;
+            let (hostport, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], rest[i..].to_string()),
+                None => (rest, "/".to_string()),
+            };
             let (host, port) = match hostport.rsplit_once(':') {
                 Some((h, p)) => (h.to_string(), p.parse().ok()?),
                 None => (hostport.to_string(), 443),
             };
-            (!host.is_empty()).then_some(Probe::Https { host, port })
+            (!host.is_empty()).then_some(Probe::Https { host, port, path })
         } else {
             None
         }
     }
 
-    /// Runs the probe; true on success within `timeout`.
-    pub async fn run(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.attempt())
+    /// Runs the probe; true on success within `timeout`. HTTPS probes
+    /// validate against `roots`.
+    pub async fn run(&self, timeout: Duration, roots: &Arc<rustls::RootCertStore>) -> bool {
+        tokio::time::timeout(timeout, self.attempt(roots))
             .await
             .unwrap_or(false)
     }
 
-    async fn attempt(&self) -> bool {
+    async fn attempt(&self, roots: &Arc<rustls::RootCertStore>) -> bool {
         match self {
             Probe::Dns { resolver, name } => dns_query(*resolver, name).await,
-            Probe::Https { host, port } => tokio::net::TcpStream::connect((host.as_str(), *port))
+            Probe::Https { host, port, path } => https_head(host, *port, path, roots.clone())
                 .await
-                .is_ok(),
+                .unwrap_or(false),
         }
     }
+}
+
+/// The system's trusted roots (EMERG-007); empty when none can be read.
+pub fn system_roots() -> Arc<rustls::RootCertStore> {
+    let mut store = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = store.add(cert);
+    }
+    if store.is_empty() {
+        tracing::warn!("no trusted root certificates found; https probes will fail");
+    }
+    Arc::new(store)
+}
+
+/// One `HEAD` request over validated TLS; true when an HTTP response starts.
+async fn https_head(
+    host: &str,
+    port: u16,
+    path: &str,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let req = format!(
+        "HEAD {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hearthnet-probe\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await?;
+    let mut head = [0u8; 5];
+    tls.read_exact(&mut head).await?;
+    Ok(&head == b"HTTP/")
 }
 
 /// One recursive A query; true on a response with our id and RCODE
@@ -280,6 +325,7 @@ pub struct Emergency {
     timings: Timings,
     log: Option<EventLog>,
     bus: crate::bus::WeakBus,
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl Emergency {
@@ -306,6 +352,7 @@ impl Emergency {
             timings,
             log,
             bus: bus.downgrade(),
+            roots: system_roots(),
         })
     }
 
@@ -392,10 +439,9 @@ impl Emergency {
 
     /// Runs one probe tick now.
     pub async fn tick(&self) {
-        let probes = self
-            .targets
-            .iter()
-            .map(|(name, p)| async move { (name.clone(), p.run(self.timings.timeout).await) });
+        let probes = self.targets.iter().map(|(name, p)| async move {
+            (name.clone(), p.run(self.timings.timeout, &self.roots).await)
+        });
         let results = futures::future::join_all(probes).await;
         let failed = results.iter().filter(|(_, ok)| !ok).count();
         let mut st = self.lock();
@@ -563,11 +609,78 @@ mod tests {
                 name: "example.org".into()
             })
         );
+        assert_eq!(
+            Probe::parse("https://quad9.net:8443/health"),
+            Some(Probe::Https {
+                host: "quad9.net".into(),
+                port: 8443,
+                path: "/health".into()
+            })
+        );
         assert!(matches!(
             Probe::parse("https://quad9.net/"),
             Some(Probe::Https { port: 443, .. })
         ));
         assert_eq!(Probe::parse("1.1.1.1"), None);
         assert_eq!(Probe::parse("dns://1.1.1.1/"), None);
+    }
+
+    /// A local HTTPS server with a certificate from a throw-away CA: the
+    /// probe succeeds when the CA is trusted and fails when it is not.
+    #[tokio::test]
+    async fn https_probes_validate_the_certificate() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let ee_key = KeyPair::generate().unwrap();
+        let ee = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&ee_key, &issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![ee.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(ee_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 512];
+                        let _ = tls.read(&mut buf).await;
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        let probe = Probe::parse(&format!("https://localhost:{port}/")).unwrap();
+        let mut trusted = rustls::RootCertStore::empty();
+        trusted.add(ca_cert.der().clone()).unwrap();
+        assert!(probe.run(Duration::from_secs(2), &Arc::new(trusted)).await);
+        let untrusted = Arc::new(rustls::RootCertStore::empty());
+        assert!(!probe.run(Duration::from_secs(2), &untrusted).await);
+        // Nothing listening.
+        let closed = Probe::parse("https://127.0.0.1:9/").unwrap();
+        assert!(!closed.run(Duration::from_secs(2), &untrusted).await);
     }
 }
