@@ -312,10 +312,7 @@ impl crate::bus::Service for DiscoveryService {
     }
 
     fn offers(&self) -> Vec<crate::bus::Offer> {
-        ["discovery.peers", "discovery.peer.add"]
-            .iter()
-            .filter_map(|n| crate::bus::Offer::of(n))
-            .collect()
+        crate::bus::Offer::all(&["discovery.peers", "discovery.peer.add"])
     }
 
     fn call(

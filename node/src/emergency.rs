@@ -478,10 +478,7 @@ impl Service for Emergency {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        ["emergency.status", "emergency.mode.set"]
-            .iter()
-            .filter_map(|n| Offer::of(n))
-            .collect()
+        Offer::all(&["emergency.status", "emergency.mode.set"])
     }
 
     fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {

@@ -31,6 +31,12 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// Offers each registry capability named (names the protocol does not
+    /// define are skipped).
+    pub fn all(names: &[&str]) -> Vec<Self> {
+        names.iter().filter_map(|n| Self::of(n)).collect()
+    }
+
     /// Offers a registry capability with its default concurrency limit.
     ///
     /// Returns `None` for a name the protocol does not define.

@@ -40,10 +40,7 @@ impl Service for CommunityService {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        ["community.invite", "community.revoke"]
-            .iter()
-            .filter_map(|n| Offer::of(n))
-            .collect()
+        Offer::all(&["community.invite", "community.revoke"])
     }
 
     fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {

@@ -82,6 +82,28 @@ pub struct LogEvent {
     pub payload: Vec<u8>,
 }
 
+impl LogEvent {
+    /// A hand-made event for tests of views (seq = lamport).
+    pub fn for_tests(
+        id: &str,
+        author: &str,
+        lamport: u64,
+        wall_clock: i64,
+        event_type: &str,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            author: author.to_string(),
+            seq: lamport,
+            lamport,
+            wall_clock,
+            event_type: event_type.to_string(),
+            payload,
+        }
+    }
+}
+
 /// A fold over the log, kept by a service (marketplace, chat…).
 pub trait View: Send + 'static {
     /// Name of the view's state in snapshots (`x-…` for private ones).

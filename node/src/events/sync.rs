@@ -104,15 +104,12 @@ impl Service for EventService {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        [
+        Offer::all(&[
             "event.sync.heads",
             "event.sync.fetch",
             "event.sync.push",
             "event.subscribe",
-        ]
-        .iter()
-        .filter_map(|n| Offer::of(n))
-        .collect()
+        ])
     }
 
     fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {

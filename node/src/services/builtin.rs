@@ -300,17 +300,14 @@ impl Service for Introspection {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        [
+        Offer::all(&[
             "protocol.version.list",
             "protocol.describe",
             "node.capabilities",
             "node.manifest",
             "node.trace.recent",
             "node.topology",
-        ]
-        .iter()
-        .filter_map(|n| Offer::of(n))
-        .collect()
+        ])
     }
 
     fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {
@@ -347,10 +344,7 @@ impl Service for Diag {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        ["diag.echo", "diag.echo.stream"]
-            .iter()
-            .filter_map(|n| Offer::of(n))
-            .collect()
+        Offer::all(&["diag.echo", "diag.echo.stream"])
     }
 
     fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {

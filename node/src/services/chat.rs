@@ -479,10 +479,7 @@ impl Service for ChatService {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        ["chat.send", "chat.history"]
-            .iter()
-            .filter_map(|n| Offer::of(n))
-            .collect()
+        Offer::all(&["chat.send", "chat.history"])
     }
 
     fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {
@@ -512,15 +509,7 @@ mod tests {
         ty: &str,
         msg: impl Message,
     ) -> LogEvent {
-        LogEvent {
-            id: id.to_string(),
-            author: author.to_string(),
-            seq: lamport,
-            lamport,
-            wall_clock: wall,
-            event_type: ty.to_string(),
-            payload: msg.encode_to_vec(),
-        }
+        LogEvent::for_tests(id, author, lamport, wall, ty, msg.encode_to_vec())
     }
 
     fn sent(id: &str, from: &str, to: &str, lamport: u64, client_id: &str) -> LogEvent {

@@ -841,15 +841,12 @@ impl Service for MarketService {
     }
 
     fn offers(&self) -> Vec<Offer> {
-        [
+        Offer::all(&[
             "market.post",
             "market.list",
             "market.expire",
             "market.search",
-        ]
-        .iter()
-        .filter_map(|n| Offer::of(n))
-        .collect()
+        ])
     }
 
     fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {
@@ -879,15 +876,7 @@ mod tests {
         ty: &str,
         msg: impl Message,
     ) -> LogEvent {
-        LogEvent {
-            id: id.to_string(),
-            author: author.to_string(),
-            seq: lamport,
-            lamport,
-            wall_clock: wall,
-            event_type: ty.to_string(),
-            payload: msg.encode_to_vec(),
-        }
+        LogEvent::for_tests(id, author, lamport, wall, ty, msg.encode_to_vec())
     }
 
     fn created(id: &str, author: &str, lamport: u64, client_id: &str) -> LogEvent {
