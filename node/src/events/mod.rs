@@ -39,6 +39,9 @@ use store::{B32, NewEvent, OrderKey, Store, StoreError};
 /// Most events held aside while their predecessors are missing.
 const HELD_MAX: usize = 50_000;
 
+/// Batches at least this large are verified on two threads.
+const SPLIT_VERIFY_AT: usize = 64;
+
 /// Event log errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1391,7 +1394,7 @@ fn verify_all(parsed: Vec<Parsed>) -> (Vec<Parsed>, Vec<B32>) {
     };
     let indexed: Vec<(usize, &Parsed)> = parsed.iter().enumerate().collect();
     // Two halves on two threads for large batches.
-    let ok = if indexed.len() >= 64 {
+    let ok = if indexed.len() >= SPLIT_VERIFY_AT {
         let (a, b) = indexed.split_at(indexed.len() / 2);
         std::thread::scope(|s| {
             let h = s.spawn(|| verify_chunk(a));
