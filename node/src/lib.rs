@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod blobs;
 pub mod bus;
 pub mod config;
 pub mod discovery;
