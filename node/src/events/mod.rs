@@ -1284,21 +1284,50 @@ impl EventLog {
     /// never logged and never leaves the node (EVT-041, EVT-043).
     pub fn publish_local(&self, event_type: &str, payload: Vec<u8>) {
         let topic = topic_of(event_type, &payload);
+        self.fan_out(&topic, true, || TopicMessage {
+            topic: topic.clone(),
+            r#type: event_type.to_string(),
+            body: Some(
+                hearthnet_sdk::proto::hearthnet::event::v1::topic_message::Body::Payload(
+                    payload.clone(),
+                ),
+            ),
+        });
+    }
+
+    fn publish(&self, events: &[Parsed]) {
+        if self
+            .inner
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return;
+        }
+        for p in events {
+            let topic = topic_of(&p.ev.r#type, &p.ev.payload);
+            self.fan_out(&topic, false, || TopicMessage {
+                topic: topic.clone(),
+                r#type: p.ev.r#type.clone(),
+                body: SignedEvent::decode(p.raw.as_slice())
+                    .ok()
+                    .map(hearthnet_sdk::proto::hearthnet::event::v1::topic_message::Body::Event),
+            });
+        }
+    }
+
+    /// Hands a message to every matching subscriber (`operator_only` for
+    /// local-only messages); drops subscribers that are gone or too far
+    /// behind (EVT-042).
+    fn fan_out(&self, topic: &str, operator_only: bool, make: impl Fn() -> TopicMessage) {
         let mut subs = self.inner.subs.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain(|s| {
-            if !s.operator || !s.filters.iter().any(|f| filter_matches(f, &topic)) {
+            if (operator_only && !s.operator) || !s.filters.iter().any(|f| filter_matches(f, topic))
+            {
                 return !s.tx.is_closed();
             }
-            let msg = TopicMessage {
-                topic: topic.clone(),
-                r#type: event_type.to_string(),
-                body: Some(
-                    hearthnet_sdk::proto::hearthnet::event::v1::topic_message::Body::Payload(
-                        payload.clone(),
-                    ),
-                ),
-            };
-            match s.tx.try_send(msg) {
+            match s.tx.try_send(make()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.overflow.store(true, Ordering::SeqCst);
@@ -1307,36 +1336,6 @@ impl EventLog {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-    }
-
-    fn publish(&self, events: &[Parsed]) {
-        let mut subs = self.inner.subs.lock().unwrap_or_else(|e| e.into_inner());
-        if subs.is_empty() {
-            return;
-        }
-        for p in events {
-            let topic = topic_of(&p.ev.r#type, &p.ev.payload);
-            subs.retain(|s| {
-                if !s.filters.iter().any(|f| filter_matches(f, &topic)) {
-                    return !s.tx.is_closed();
-                }
-                let msg = TopicMessage {
-                    topic: topic.clone(),
-                    r#type: p.ev.r#type.clone(),
-                    body: SignedEvent::decode(p.raw.as_slice()).ok().map(
-                        hearthnet_sdk::proto::hearthnet::event::v1::topic_message::Body::Event,
-                    ),
-                };
-                match s.tx.try_send(msg) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        s.overflow.store(true, Ordering::SeqCst);
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
-            });
-        }
     }
 
     /// Pushes an event this node authored to every known peer, best effort
