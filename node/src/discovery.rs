@@ -161,13 +161,6 @@ struct PeerRecord {
     last_seen: i64,
 }
 
-/// Known peers by NodeID text (DISC-002).
-pub type PeerTable = Arc<Mutex<BTreeMap<String, PeerRecordHandle>>>;
-
-/// An opaque registry entry.
-#[derive(Debug, Clone)]
-pub struct PeerRecordHandle(PeerRecord);
-
 /// Follows peers: one refresh loop per URL, pruning silent ones.
 #[derive(Clone)]
 pub struct Follower {
@@ -178,7 +171,8 @@ pub struct Follower {
     tasks: TaskTracker,
     stop: CancellationToken,
     followed: Arc<Mutex<HashSet<String>>>,
-    table: PeerTable,
+    /// Known peers by NodeID text (DISC-002).
+    table: Arc<Mutex<BTreeMap<String, PeerRecord>>>,
 }
 
 impl Follower {
@@ -203,22 +197,17 @@ impl Follower {
         }
     }
 
-    /// The peer table.
-    pub fn table(&self) -> PeerTable {
-        self.table.clone()
-    }
-
     /// Records a verified manifest (keeping how the peer was first found).
     fn record(&self, node: &NodeId, manifest: NodeManifest, source: PeerSource) {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let source = t.get(&node.to_string()).map_or(source, |r| r.0.source);
+        let source = t.get(&node.to_string()).map_or(source, |r| r.source);
         t.insert(
             node.to_string(),
-            PeerRecordHandle(PeerRecord {
+            PeerRecord {
                 manifest,
                 source,
                 last_seen: hearthnet_sdk::wkt::Timestamp::now().seconds,
-            }),
+            },
         );
     }
 
@@ -338,16 +327,16 @@ impl crate::bus::Service for DiscoveryService {
                     let r: dpb::PeersRequest = req.decode()?;
                     let stale = r.input.unwrap_or_default().include_stale;
                     let now = hearthnet_sdk::wkt::Timestamp::now().seconds;
-                    let table = follower.table();
-                    let peers = table
+                    let peers = follower
+                        .table
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .iter()
                         .filter(|(_, r)| {
-                            stale || r.0.manifest.expires_at.is_some_and(|t| t.seconds > now)
+                            stale || r.manifest.expires_at.is_some_and(|t| t.seconds > now)
                         })
                         .map(|(id, r)| {
-                            let m = &r.0.manifest;
+                            let m = &r.manifest;
                             dpb::Peer {
                                 node_id: id.clone(),
                                 display_name: m.display_name.clone(),
@@ -360,9 +349,9 @@ impl crate::bus::Service for DiscoveryService {
                                 }
                                 .into(),
                                 endpoints: m.endpoints.clone(),
-                                source: r.0.source as i32,
+                                source: r.source as i32,
                                 last_seen: Some(hearthnet_sdk::wkt::Timestamp {
-                                    seconds: r.0.last_seen,
+                                    seconds: r.last_seen,
                                     nanos: 0,
                                 }),
                                 manifest_expires_at: m.expires_at,
@@ -416,7 +405,7 @@ impl crate::bus::Service for DiscoveryService {
                     follower.follow(url, None, true, PeerSource::Manual);
                     let member = members
                         .as_ref()
-                        .is_some_and(|l| l.membership().is_member(&node.to_string()));
+                        .is_some_and(|l| l.catch_up(|m| m.is_member(&node.to_string())));
                     out.send(&dpb::PeerAddResponse {
                         output: Some(dpb::PeerAddOutput {
                             node_id: node.to_string(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use prost::Message;
 
 use hearthnet_sdk::constants as k;
 use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
@@ -403,7 +404,7 @@ impl Emergency {
                         previous: previous as i32,
                         since: Some(st.since),
                     }
-                    .encode_to_vec_boxed(),
+                    .encode_to_vec(),
                 );
             }
             if let Some(bus) = self.bus.upgrade() {
@@ -418,12 +419,12 @@ impl Emergency {
                                 name: cap.name.to_string(),
                                 version: cap.version.to_string(),
                             }
-                            .encode_to_vec_boxed()
+                            .encode_to_vec()
                         } else {
                             hearthnet_sdk::proto::hearthnet::node::v1::CapabilityRegisteredEvent {
                                 spec: Some(crate::services::builtin::spec(cap, &params, max)),
                             }
-                            .encode_to_vec_boxed()
+                            .encode_to_vec()
                         };
                         let ty = if offline {
                             "capability.deregistered"
@@ -496,7 +497,7 @@ impl Service for Emergency {
                     }),
                     meta: Some(Default::default()),
                 }
-                .encode_to_vec_boxed()),
+                .encode_to_vec()),
                 "emergency.mode.set" => {
                     let r: pb::SetModeRequest = req.decode()?;
                     let o = r.input.unwrap_or_default().r#override;
@@ -515,7 +516,7 @@ impl Service for Emergency {
                         }),
                         meta: Some(Default::default()),
                     }
-                    .encode_to_vec_boxed())
+                    .encode_to_vec())
                 }
                 other => Err(CallError::new(
                     ErrorCode::NotFound,
@@ -524,16 +525,6 @@ impl Service for Emergency {
             }
         })();
         async move { out.send_bytes(result?).await }.boxed()
-    }
-}
-
-trait EncodeBoxed {
-    fn encode_to_vec_boxed(&self) -> Vec<u8>;
-}
-
-impl<M: prost::Message> EncodeBoxed for M {
-    fn encode_to_vec_boxed(&self) -> Vec<u8> {
-        self.encode_to_vec()
     }
 }
 

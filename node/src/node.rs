@@ -341,7 +341,7 @@ impl NodeBuilder {
             node.add_peer(peer);
         }
         if let (Some(log), Some(url)) = (&node.events, &config.community.join_via)
-            && !log.membership().is_member(&log.node_id().to_string())
+            && !log.catch_up(|m| m.is_member(&log.node_id().to_string()))
         {
             node.spawn_join(url.clone());
         }
@@ -439,16 +439,9 @@ impl RunningNode {
     /// in the log, and pushes it back.
     pub async fn join_community(&self, inviter_url: &str) -> Result<String, String> {
         let log = self.events.as_ref().ok_or("no community configured")?;
-        crate::events::sync::round(log, inviter_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (bytes, _) = self.introspection.signed_manifest();
-        let env = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
-        let joined = log.join(env).map_err(|e| e.to_string())?;
-        crate::events::sync::round(log, inviter_url)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(joined.id)
+        join_via(log, &self.introspection, inviter_url)
+            .await?
+            .ok_or_else(|| "already a member".to_string())
     }
 
     /// Tries to join through `url` every 10 s until this node is a member.
@@ -460,25 +453,9 @@ impl RunningNode {
         let manifest = self.introspection.clone();
         let stop = self.shutdown.clone();
         tasks.spawn(async move {
-            let me = log.node_id().to_string();
             loop {
-                let attempt = async {
-                    crate::events::sync::round(&log, &url)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if !log.membership().is_member(&me) {
-                        let (bytes, _) = manifest.signed_manifest();
-                        let env =
-                            SignedEnvelope::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
-                        log.join(env).map_err(|e| e.to_string())?;
-                        crate::events::sync::round(&log, &url)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Ok::<_, String>(())
-                };
-                match attempt.await {
-                    Ok(()) => {
+                match join_via(&log, &manifest, &url).await {
+                    Ok(_) => {
                         tracing::info!(via = %url, "joined the community");
                         let _ = refresh_peer(&bus, &url).await;
                         return;
@@ -546,6 +523,30 @@ impl RunningNode {
             log.detach();
         }
     }
+}
+
+/// Syncs with `url` as a pending invitee and, unless already a member,
+/// authors the join for the invite found and pushes it back. Returns the
+/// join's event id, or `None` when this node was a member already.
+async fn join_via(
+    log: &EventLog,
+    introspection: &Introspection,
+    url: &str,
+) -> Result<Option<String>, String> {
+    let round = || async {
+        crate::events::sync::round(log, url)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    round().await?;
+    if log.catch_up(|m| m.is_member(&log.node_id().to_string())) {
+        return Ok(None);
+    }
+    let (bytes, _) = introspection.signed_manifest();
+    let env = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+    let joined = log.join(env).map_err(|e| e.to_string())?;
+    round().await?;
+    Ok(Some(joined.id))
 }
 
 async fn refresh_peer(bus: &Bus, url: &str) -> Result<String, String> {

@@ -233,19 +233,7 @@ async fn sync_refuses_strangers_oversized_batches_and_garbage() {
     assert!(matches!(err, ClientError::Remote(_)), "{err}");
     assert_eq!(err.wire_code(), Some("bad_request"));
     // Bad topic filters.
-    let sub = ev::SubscribeRequest {
-        params: None,
-        input: Some(ev::SubscribeInput {
-            topics: vec!["market*".into()],
-        }),
-    };
-    let call = member.request(
-        "event.subscribe",
-        "1.0",
-        PayloadEncoding::Proto,
-        sub.encode_to_vec(),
-    );
-    let mut stream = member.send(call, None).await.unwrap();
+    let mut stream = common::subscribe(&member, &["market*"]).await.unwrap();
     let err = stream.next().await.unwrap_err();
     assert_eq!(err.wire_code(), Some("bad_request"));
     assert_eq!(ids(&a), before);
@@ -278,19 +266,9 @@ async fn subscribers_receive_new_events_on_their_topics() {
     ];
     let [a, b, c] = community(&dirs).await;
     let member = common::client(&a, 2).await.with_community(id(1));
-    let sub = ev::SubscribeRequest {
-        params: None,
-        input: Some(ev::SubscribeInput {
-            topics: vec!["marketplace.*".into()],
-        }),
-    };
-    let call = member.request(
-        "event.subscribe",
-        "1.0",
-        PayloadEncoding::Proto,
-        sub.encode_to_vec(),
-    );
-    let mut stream = member.send(call, None).await.unwrap();
+    let mut stream = common::subscribe(&member, &["marketplace.*"])
+        .await
+        .unwrap();
     // Let the subscription register, then post.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let posted = post(&a, "ladder").await;

@@ -60,6 +60,24 @@ async fn wait_mode(
     );
 }
 
+fn set_request(o: pb::ModeOverride) -> pb::SetModeRequest {
+    pb::SetModeRequest {
+        params: None,
+        input: Some(pb::SetModeInput {
+            r#override: o as i32,
+        }),
+    }
+}
+
+async fn set_mode(
+    node: &hearthnet_node::RunningNode,
+    o: pb::ModeOverride,
+) -> Result<pb::SetModeResponse, hearthnet_node::error::CallError> {
+    node.bus()
+        .unary("emergency.mode.set", "1.0", &set_request(o))
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_drive_the_mode_and_overrides_win() {
     let up = Arc::new(AtomicBool::new(true));
@@ -107,19 +125,7 @@ async fn probes_drive_the_mode_and_overrides_win() {
     assert!(!log.offline());
 
     // Overrides.
-    let set = |o: pb::ModeOverride| pb::SetModeRequest {
-        params: None,
-        input: Some(pb::SetModeInput {
-            r#override: o as i32,
-        }),
-    };
-    let r: pb::SetModeResponse = node
-        .bus()
-        .unary(
-            "emergency.mode.set",
-            "1.0",
-            &set(pb::ModeOverride::ForceOffline),
-        )
+    let r: pb::SetModeResponse = set_mode(&node, pb::ModeOverride::ForceOffline)
         .await
         .unwrap();
     assert_eq!(
@@ -132,16 +138,12 @@ async fn probes_drive_the_mode_and_overrides_win() {
         .unary::<_, pb::SetModeResponse>(
             "emergency.mode.set",
             "1.0",
-            &set(pb::ModeOverride::Unspecified),
+            &set_request(pb::ModeOverride::Unspecified),
         )
         .await
         .unwrap_err();
     assert_eq!(err.code.wire_name(), "bad_request");
-    let _: pb::SetModeResponse = node
-        .bus()
-        .unary("emergency.mode.set", "1.0", &set(pb::ModeOverride::Auto))
-        .await
-        .unwrap();
+    let _: pb::SetModeResponse = set_mode(&node, pb::ModeOverride::Auto).await.unwrap();
     assert_eq!(status(&node).await.mode, pb::Mode::Online as i32);
     // A signed call from another node is refused.
     let other = common::client(&node, 9).await;
@@ -261,37 +263,13 @@ async fn offline_suspends_internet_capabilities_and_peers_see_it() {
     let operator = common::client(&a, 1)
         .await
         .with_community(common::key(1).node_id().to_string());
-    let sub = ev::SubscribeRequest {
-        params: None,
-        input: Some(ev::SubscribeInput {
-            topics: vec!["emergency.*".into(), "capability.*".into()],
-        }),
-    };
-    let call = operator.request(
-        "event.subscribe",
-        "1.0",
-        hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding::Proto,
-        sub.encode_to_vec(),
-    );
-    let mut stream = operator.send(call, None).await.unwrap();
+    let mut stream = common::subscribe(&operator, &["emergency.*", "capability.*"])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // A goes offline: llm.chat leaves its offers and B's routing.
-    let set = |o: pb::ModeOverride| pb::SetModeRequest {
-        params: None,
-        input: Some(pb::SetModeInput {
-            r#override: o as i32,
-        }),
-    };
-    let _: pb::SetModeResponse = a
-        .bus()
-        .unary(
-            "emergency.mode.set",
-            "1.0",
-            &set(pb::ModeOverride::ForceOffline),
-        )
-        .await
-        .unwrap();
+    let _: pb::SetModeResponse = set_mode(&a, pb::ModeOverride::ForceOffline).await.unwrap();
     assert!(!a.bus().local_offers().iter().any(|o| o.name == "llm.chat"));
     let mut seen = Vec::new();
     while seen.len() < 2 {
@@ -329,11 +307,7 @@ async fn offline_suspends_internet_capabilities_and_peers_see_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Back online: restored on A and at B.
-    let _: pb::SetModeResponse = a
-        .bus()
-        .unary("emergency.mode.set", "1.0", &set(pb::ModeOverride::Auto))
-        .await
-        .unwrap();
+    let _: pb::SetModeResponse = set_mode(&a, pb::ModeOverride::Auto).await.unwrap();
     assert!(a.bus().local_offers().iter().any(|o| o.name == "llm.chat"));
     let t = Instant::now();
     while !remote_llm(&b) {

@@ -503,26 +503,23 @@ impl Bus {
             .get(caller_text)
             .copied()
             .unwrap_or(Trust::Unknown);
-        let source = self
-            .inner
-            .trust_source
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let folded = source
+        let folded = self
+            .trust_source()
             .and_then(|s| s.trust(caller))
             .unwrap_or(Trust::Unknown);
         fixed.max(folded)
     }
 
     fn is_revoked(&self, caller: &NodeId) -> bool {
-        let source = self
-            .inner
+        self.trust_source().is_some_and(|s| s.is_revoked(caller))
+    }
+
+    fn trust_source(&self) -> Option<Arc<dyn TrustSource>> {
+        self.inner
             .trust_source
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        source.is_some_and(|s| s.is_revoked(caller))
+            .clone()
     }
 
     /// Signs a call as this node (for the node's own callers: CLI, UI, services).

@@ -200,7 +200,6 @@ struct Inner {
     me: NodeId,
     me_text: String,
     community: String,
-    root_text: String,
     pfx: [u8; 16],
     state: Mutex<State>,
     fold: Mutex<Fold>,
@@ -478,7 +477,6 @@ impl EventLog {
                 me,
                 key,
                 community: community.to_string(),
-                root_text: community.to_string(),
                 pfx,
                 state: Mutex::new(state),
                 fold: Mutex::new(Fold {
@@ -981,7 +979,7 @@ impl EventLog {
         }
         // (7) admission of a new author.
         if p.ev.seq == 1 {
-            let root = p.ev.author == self.inner.root_text;
+            let root = p.ev.author == self.inner.community;
             let ok = if root {
                 p.ev.r#type == "community.created"
             } else if p.ev.r#type == "community.member.joined" {
@@ -1116,7 +1114,7 @@ impl EventLog {
                 _ => false,
             };
         if full {
-            fold.membership = Membership::new(&self.inner.root_text);
+            fold.membership = Membership::new(&self.inner.community);
             fold.watermark = None;
             fold.void_from.clear();
             fold.covers.clear();
@@ -1494,10 +1492,10 @@ impl TrustSource for MembersTrust {
 
 impl TrustSource for EventLog {
     fn trust(&self, node: &NodeId) -> Option<Trust> {
-        level_trust(&self.membership(), node)
+        self.catch_up(|m| level_trust(m, node))
     }
 
     fn is_revoked(&self, node: &NodeId) -> bool {
-        self.membership().is_revoked(&node.to_string())
+        self.catch_up(|m| m.is_revoked(&node.to_string()))
     }
 }

@@ -81,16 +81,21 @@ fn admit(log: &EventLog, req: &Request) -> Result<Caller, CallError> {
     if req.trust == Trust::Operator {
         return Ok(Caller::Member);
     }
-    let m = log.membership();
     let who = req.caller.to_string();
-    if m.is_revoked(&who) {
-        return Err(CallError::new(ErrorCode::Revoked, "caller is revoked"));
-    }
-    if m.is_member(&who) {
-        return Ok(Caller::Member);
-    }
-    if m.is_pending_invitee(&who, Timestamp::now().seconds) {
-        return Ok(Caller::Invitee);
+    let now = Timestamp::now().seconds;
+    let verdict = log.catch_up(|m| {
+        if m.is_revoked(&who) {
+            Some(Err(CallError::new(ErrorCode::Revoked, "caller is revoked")))
+        } else if m.is_member(&who) {
+            Some(Ok(Caller::Member))
+        } else if m.is_pending_invitee(&who, now) {
+            Some(Ok(Caller::Invitee))
+        } else {
+            None
+        }
+    });
+    if let Some(v) = verdict {
+        return v;
     }
     Err(CallError::new(
         ErrorCode::Unauthorized,

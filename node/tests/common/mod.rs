@@ -84,3 +84,25 @@ pub async fn http(
         .unwrap_or(0);
     (status, head.to_string(), body.to_string())
 }
+
+/// Opens an `event.subscribe` stream on `client` for `topics`.
+pub async fn subscribe(
+    client: &Client,
+    topics: &[&str],
+) -> Result<hearthnet_sdk::client::CallStream, hearthnet_sdk::client::ClientError> {
+    use hearthnet_sdk::proto::hearthnet::event::v1 as ev;
+    use prost::Message;
+    let sub = ev::SubscribeRequest {
+        params: None,
+        input: Some(ev::SubscribeInput {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+        }),
+    };
+    let call = client.request(
+        "event.subscribe",
+        "1.0",
+        hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding::Proto,
+        sub.encode_to_vec(),
+    );
+    client.send(call, None).await
+}
