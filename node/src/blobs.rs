@@ -20,8 +20,10 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use bao_tree::io::outboard::PreOrderMemOutboard;
-use bao_tree::io::sync::{DecodeResponseIter, encode_ranges_validated};
+use std::os::unix::fs::FileExt;
+
+use bao_tree::io::outboard::{PostOrderOutboard, PreOrderMemOutboard};
+use bao_tree::io::sync::{DecodeResponseIter, decode_ranges, encode_ranges_validated};
 use bao_tree::io::{BaoContentItem, DecodeError, EncodeError};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -133,20 +135,8 @@ pub fn encode_range(
         return Err(BlobError::Range { start, end, size });
     }
     let mut out = Vec::new();
-    encode_ranges_validated(data, outboard, &chunks(start, end), &mut out).map_err(|e| {
-        // The sender re-verifies what it reads: a mismatch means its own
-        // copy (disk or memory) is corrupt.
-        let corrupt = |offset| BlobError::Corrupt {
-            cid: cid_text(&outboard.root),
-            offset,
-        };
-        match e {
-            EncodeError::LeafHashMismatch(c) => corrupt(c.0 * 1024),
-            EncodeError::ParentHashMismatch(_) | EncodeError::SizeMismatch => corrupt(start),
-            EncodeError::Io(e) => BlobError::Io(e),
-            other => BlobError::Io(std::io::Error::other(format!("encoding: {other}"))),
-        }
-    })?;
+    encode_ranges_validated(data, outboard, &chunks(start, end), &mut out)
+        .map_err(|e| encode_error(e, &cid_text(&outboard.root), start))?;
     Ok(out)
 }
 
@@ -199,6 +189,120 @@ pub fn decode_range(
     Ok(out)
 }
 
+/// Bytes per transfer chunk (FILE-007).
+pub const CHUNK_BYTES: u64 = 262_144;
+
+/// Number of transfer chunks of a blob of `size` bytes (FILE-007: the
+/// empty blob is one empty chunk).
+pub fn chunk_count(size: u64) -> u32 {
+    u32::try_from(size.div_ceil(CHUNK_BYTES).max(1)).unwrap_or(u32::MAX)
+}
+
+/// Byte range `start..end` of chunk `i` of a blob of `size` bytes.
+pub fn chunk_range(size: u64, i: u32) -> (u64, u64) {
+    let start = (u64::from(i) * CHUNK_BYTES).min(size);
+    (start, (start + CHUNK_BYTES).min(size))
+}
+
+fn encode_error(e: EncodeError, cid: &str, start: u64) -> BlobError {
+    // The sender re-verifies what it reads: a mismatch means its own copy
+    // (disk or memory) is corrupt.
+    let corrupt = |offset| BlobError::Corrupt {
+        cid: cid.to_string(),
+        offset,
+    };
+    match e {
+        EncodeError::LeafHashMismatch(c) => corrupt(c.0 * 1024),
+        EncodeError::ParentHashMismatch(_) | EncodeError::SizeMismatch => corrupt(start),
+        EncodeError::Io(e) => BlobError::Io(e),
+        other => BlobError::Io(std::io::Error::other(format!("encoding: {other}"))),
+    }
+}
+
+/// Whether every byte is zero (a hole of a sparse file).
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Writes `buf` at `pos`, leaving 4 KiB pages of zeros as holes (the file
+/// is extended to its full length afterwards), so sparse content stays sparse.
+fn write_sparse(file: &File, pos: u64, buf: &[u8]) -> std::io::Result<()> {
+    const PAGE: usize = 4096;
+    let mut run: Option<usize> = None;
+    let mut off = 0;
+    while off < buf.len() {
+        let end = (off + PAGE).min(buf.len());
+        if is_zero(&buf[off..end]) {
+            if let Some(s) = run.take() {
+                file.write_all_at(&buf[s..off], pos + s as u64)?;
+            }
+        } else if run.is_none() {
+            run = Some(off);
+        }
+        off = end;
+    }
+    if let Some(s) = run {
+        file.write_all_at(&buf[s..], pos + s as u64)?;
+    }
+    Ok(())
+}
+
+/// Copies what it reads to a file (sparse) in 1 MiB steps, so hashing and
+/// writing share one pass over the data.
+struct Tee<'f, R> {
+    inner: R,
+    file: &'f File,
+    buf: Vec<u8>,
+    filled: usize,
+    used: usize,
+    written: u64,
+}
+
+impl<'f, R: Read> Tee<'f, R> {
+    fn new(inner: R, file: &'f File) -> Self {
+        Self {
+            inner,
+            file,
+            buf: vec![0; 1 << 20],
+            filled: 0,
+            used: 0,
+            written: 0,
+        }
+    }
+
+    /// Whether the source still has bytes after the ones consumed.
+    fn has_more(&mut self) -> std::io::Result<bool> {
+        if self.used < self.filled {
+            return Ok(true);
+        }
+        let mut one = [0u8; 1];
+        Ok(self.inner.read(&mut one)? > 0)
+    }
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.used == self.filled {
+            let mut n = 0;
+            while n < self.buf.len() {
+                let k = self.inner.read(&mut self.buf[n..])?;
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            write_sparse(self.file, self.written, &self.buf[..n])?;
+            self.written += n as u64;
+            self.filled = n;
+            self.used = 0;
+        }
+        let k = out.len().min(self.filled - self.used);
+        out[..k].copy_from_slice(&self.buf[self.used..self.used + k]);
+        self.used += k;
+        Ok(k)
+    }
+}
+
 /// Index entry of a stored blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -233,18 +337,145 @@ pub struct BlobStore {
     dir: PathBuf,
     db: Database,
     index: Keyspace,
+    chunk_index: Keyspace,
     quota: u64,
+    fsync: bool,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("dir", &self.dir)
+            .field("quota", &self.quota)
+            .finish_non_exhaustive()
+    }
 }
 
 fn now() -> i64 {
     hearthnet_sdk::wkt::Timestamp::now().seconds
 }
 
+const PARTIAL_MAGIC: &[u8; 4] = b"HNP1";
+
+/// A download or upload in progress: verified chunks are kept on disk
+/// (`partial/<hex>`, its outboard and a state file with one byte per chunk)
+/// so that an interrupted transfer resumes where it stopped, across
+/// restarts.
+#[derive(Debug)]
+pub struct Partial {
+    hash: blake3::Hash,
+    size: u64,
+    owner: String,
+    data: File,
+    outboard: PostOrderOutboard<File>,
+    state: File,
+    header: u64,
+    have: Vec<bool>,
+    plain: bool,
+    paths: [PathBuf; 3],
+}
+
+impl Partial {
+    /// The blob CID.
+    pub fn cid(&self) -> String {
+        cid_text(&self.hash)
+    }
+
+    /// The blob size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Who started it (a NodeID for uploads; empty for downloads).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Chunk indices not received yet, ascending.
+    pub fn missing(&self) -> Vec<u32> {
+        (0..self.have.len())
+            .filter(|&i| !self.have[i])
+            .map(|i| i as u32)
+            .collect()
+    }
+
+    /// Whether every chunk is in.
+    pub fn is_complete(&self) -> bool {
+        self.have.iter().all(|h| *h)
+    }
+
+    fn mark(&mut self, i: u32) -> Result<(), BlobError> {
+        self.have[i as usize] = true;
+        self.state.write_all_at(&[1], self.header + u64::from(i))?;
+        Ok(())
+    }
+
+    fn check_index(&self, i: u32) -> Result<(u64, u64), BlobError> {
+        if i as usize >= self.have.len() {
+            return Err(BlobError::Range {
+                start: u64::from(i) * CHUNK_BYTES,
+                end: u64::from(i + 1) * CHUNK_BYTES,
+                size: self.size,
+            });
+        }
+        Ok(chunk_range(self.size, i))
+    }
+
+    /// Accepts chunk `i` as a verified stream against the blob CID (FILE-024):
+    /// each 16 KiB group is checked before it is written; on a bad group the
+    /// groups before it stay written, the chunk stays missing, and the error
+    /// names the first bad byte.
+    pub fn accept_verified(&mut self, i: u32, encoded: &[u8]) -> Result<(), BlobError> {
+        let (start, end) = self.check_index(i)?;
+        if self.size == 0 {
+            return self.mark(i);
+        }
+        let corrupt = |offset| BlobError::Corrupt {
+            cid: cid_text(&self.hash),
+            offset,
+        };
+        match decode_ranges(
+            encoded,
+            &chunks(start, end),
+            &mut self.data,
+            &mut self.outboard,
+        ) {
+            Ok(()) => self.mark(i),
+            Err(DecodeError::LeafHashMismatch(c)) => Err(corrupt(c.0 * 1024)),
+            Err(DecodeError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+                Err(BlobError::Io(e))
+            }
+            Err(_) => Err(corrupt(start)),
+        }
+    }
+
+    /// Accepts chunk `i` as plain data with its chunk CID (FILE-009): the
+    /// data must hash to `chunk_cid`; the whole blob is checked against its
+    /// CID when the store finishes it.
+    pub fn accept_plain(&mut self, i: u32, chunk_cid: &str, data: &[u8]) -> Result<(), BlobError> {
+        let (start, end) = self.check_index(i)?;
+        if data.len() as u64 != end - start || cid_text(&blake3::hash(data)) != chunk_cid {
+            return Err(BlobError::Corrupt {
+                cid: chunk_cid.to_string(),
+                offset: start,
+            });
+        }
+        if !self.plain {
+            self.plain = true;
+            self.state.write_all_at(&[1], 4 + 8)?;
+        }
+        write_sparse(&self.data, start, data)?;
+        self.mark(i)
+    }
+}
+
 impl BlobStore {
     /// Opens the store in `dir` with a quota in bytes (0 = unlimited);
-    /// removes leftovers of interrupted writes.
+    /// removes leftovers of interrupted writes. Durability is the process's
+    /// (see [`BlobStore::fsync`]).
     pub fn open(dir: &Path, quota: u64) -> Result<Self, BlobError> {
         fs::create_dir_all(dir.join("data"))?;
+        fs::create_dir_all(dir.join("partial"))?;
         let tmp = dir.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
@@ -252,12 +483,25 @@ impl BlobStore {
         fs::create_dir_all(&tmp)?;
         let db = Database::builder(dir.join("index")).open()?;
         let index = db.keyspace("blobs", KeyspaceCreateOptions::default)?;
+        let chunk_index = db.keyspace("chunks", KeyspaceCreateOptions::default)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
             index,
+            chunk_index,
             quota,
+            fsync: false,
         })
+    }
+
+    /// With `on`, every stored blob, its outboard, its directory entry and
+    /// its index entry are `fsync`ed before the store reports it stored
+    /// (survives power loss). Without, a crash of the process loses
+    /// nothing, a power cut may lose recent blobs; a torn one is caught by
+    /// the verification of every read and never served.
+    pub fn fsync(mut self, on: bool) -> Self {
+        self.fsync = on;
+        self
     }
 
     fn paths(&self, hash: &blake3::Hash) -> (PathBuf, PathBuf) {
@@ -265,62 +509,110 @@ impl BlobStore {
         let shard = self.dir.join("data").join(&hex.as_str()[..2]);
         (
             shard.join(hex.as_str()),
-            shard.join(format!("{}.obao", hex.as_str())),
+            shard.join(format!("{}.obao4", hex.as_str())),
         )
     }
 
-    /// Stores bytes read from `reader`; returns the CID. Storing a blob that
-    /// is already held is a no-op.
-    pub fn put(&self, mut reader: impl Read) -> Result<String, BlobError> {
+    fn tmp_paths(&self) -> (PathBuf, PathBuf) {
         let tmp = self.dir.join("tmp").join(ulid::Ulid::new().to_string());
-        let mut file = File::create(&tmp)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n])?;
-            size += n as u64;
-        }
-        file.sync_data()?;
-        drop(file);
-        let hash = hasher.finalize();
-        let result = self.commit(&tmp, hash, size);
+        let ob = tmp.with_extension("obao4");
+        (tmp, ob)
+    }
+
+    /// Whether the blob is held completely.
+    pub fn has(&self, cid: &str) -> bool {
+        self.stat(cid).is_ok()
+    }
+
+    /// Stores bytes read from `reader` (size unknown: spooled to disk, then
+    /// hashed); returns the CID. Storing a blob that is already held is a
+    /// no-op.
+    pub fn put(&self, mut reader: impl Read) -> Result<String, BlobError> {
+        let (tmp, ob) = self.tmp_paths();
+        let result = (|| {
+            let file = File::create(&tmp)?;
+            let mut tee = Tee::new(&mut reader, &file);
+            std::io::copy(&mut tee, &mut std::io::sink())?;
+            let size = tee.written;
+            file.set_len(size)?;
+            let tree = BaoTree::new(size, block());
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, File::create(&ob)?);
+            let root = bao_tree::io::sync::outboard_post_order(File::open(&tmp)?, tree, &mut w)?;
+            w.flush()?;
+            self.commit(&tmp, &ob, root, size)
+        })();
         let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&ob);
         result
     }
 
-    fn commit(&self, tmp: &Path, hash: blake3::Hash, size: u64) -> Result<String, BlobError> {
+    /// Stores exactly `size` bytes read from `reader` in one pass (hashing,
+    /// outboard and the sparse write share each read); returns the CID.
+    pub fn put_sized(&self, reader: impl Read, size: u64) -> Result<String, BlobError> {
+        let (tmp, ob) = self.tmp_paths();
+        let result = (|| {
+            let file = File::create(&tmp)?;
+            let mut tee = Tee::new(reader, &file);
+            let tree = BaoTree::new(size, block());
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, File::create(&ob)?);
+            let root = bao_tree::io::sync::outboard_post_order(&mut tee, tree, &mut w)?;
+            w.flush()?;
+            if tee.has_more()? {
+                return Err(BlobError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("more than the declared {size} bytes"),
+                )));
+            }
+            file.set_len(size)?;
+            self.commit(&tmp, &ob, root, size)
+        })();
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&ob);
+        result
+    }
+
+    /// Stores a local file in one pass.
+    pub fn put_file(&self, path: &Path) -> Result<String, BlobError> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        self.put_sized(file, size)
+    }
+
+    /// Moves a verified data file and its outboard into place and indexes
+    /// the blob (a no-op when it is already held).
+    fn commit(
+        &self,
+        data: &Path,
+        ob: &Path,
+        hash: blake3::Hash,
+        size: u64,
+    ) -> Result<String, BlobError> {
         let key = *hash.as_bytes();
         if self.index.contains_key(key)? {
             return Ok(cid_text(&hash));
         }
         self.make_room(size)?;
-        let data = fs::read(tmp)?;
-        let ob = outboard(&data);
-        debug_assert_eq!(ob.root, hash);
+        if self.fsync {
+            File::open(data)?.sync_data()?;
+            File::open(ob)?.sync_data()?;
+        }
         let (path, obao) = self.paths(&hash);
         let shard = path.parent().map(Path::to_path_buf).unwrap_or_default();
         fs::create_dir_all(&shard)?;
-        let obao_tmp = tmp.with_extension("obao");
-        {
-            let mut f = File::create(&obao_tmp)?;
-            f.write_all(&ob.data)?;
-            f.sync_data()?;
+        fs::rename(ob, &obao)?;
+        fs::rename(data, &path)?;
+        if self.fsync {
+            File::open(&shard)?.sync_all()?;
         }
-        fs::rename(&obao_tmp, &obao)?;
-        fs::rename(tmp, &path)?;
-        File::open(&shard)?.sync_all()?;
         let info = BlobInfo {
             size,
             pins: 0,
             stored_at: now(),
         };
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut batch = self.db.batch();
+        if self.fsync {
+            batch = batch.durability(Some(PersistMode::SyncData));
+        }
         batch.insert(&self.index, key, info.encode());
         batch.commit()?;
         Ok(cid_text(&hash))
@@ -347,40 +639,150 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Bytes `start..end` of a blob, encoded with their proofs, after
-    /// re-verifying what is on disk (a corrupted disk is reported, never
-    /// served).
-    pub fn read_range(&self, cid: &str, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+    fn open_blob(&self, cid: &str) -> Result<(BlobInfo, File, PostOrderOutboard<File>), BlobError> {
         let info = self.stat(cid)?;
         let hash = parse_cid(cid)?;
         let (path, obao) = self.paths(&hash);
-        let data = fs::read(path)?;
-        let ob = PreOrderMemOutboard {
+        let ob = PostOrderOutboard {
             root: hash,
             tree: BaoTree::new(info.size, block()),
-            data: fs::read(obao)?,
+            data: File::open(obao)?,
         };
-        let encoded = encode_range(&data, &ob, start, end)?;
-        let check = decode_range(cid, info.size, start, end, &encoded)?;
-        if let Some(offset) = check.corrupt_at {
+        Ok((info, File::open(path)?, ob))
+    }
+
+    /// Bytes `start..end` of a blob, encoded with their proofs; what is read
+    /// from disk is re-verified on the way (a corrupted disk is reported,
+    /// never served).
+    pub fn read_range(&self, cid: &str, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+        let (info, data, ob) = self.open_blob(cid)?;
+        if start > end || end > info.size {
+            return Err(BlobError::Range {
+                start,
+                end,
+                size: info.size,
+            });
+        }
+        let mut out = Vec::with_capacity((end - start) as usize + 4096);
+        encode_ranges_validated(&data, &ob, &chunks(start, end), &mut out)
+            .map_err(|e| encode_error(e, cid, start))?;
+        Ok(out)
+    }
+
+    /// Chunk `i` as a verified stream against the blob CID (FILE-024).
+    pub fn read_chunk(&self, cid: &str, i: u32) -> Result<Vec<u8>, BlobError> {
+        let info = self.stat(cid)?;
+        if i >= chunk_count(info.size) {
+            return Err(BlobError::Range {
+                start: u64::from(i) * CHUNK_BYTES,
+                end: u64::from(i + 1) * CHUNK_BYTES,
+                size: info.size,
+            });
+        }
+        let (start, end) = chunk_range(info.size, i);
+        self.read_range(cid, start, end)
+    }
+
+    /// Plain bytes `start..end`, verified against the CID group by group.
+    pub fn read_bytes(&self, cid: &str, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+        let info = self.stat(cid)?;
+        let encoded = self.read_range(cid, start, end)?;
+        let v = decode_range(cid, info.size, start, end, &encoded)?;
+        if let Some(offset) = v.corrupt_at {
             return Err(BlobError::Corrupt {
                 cid: cid.to_string(),
                 offset,
             });
         }
-        Ok(encoded)
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for (off, piece) in v.pieces {
+            let lo = start.saturating_sub(off).min(piece.len() as u64) as usize;
+            let hi = (end.saturating_sub(off)).min(piece.len() as u64) as usize;
+            if lo < hi {
+                out.extend_from_slice(&piece[lo..hi]);
+            }
+        }
+        Ok(out)
     }
 
     /// The whole content, verified.
     pub fn read(&self, cid: &str) -> Result<Vec<u8>, BlobError> {
         let info = self.stat(cid)?;
-        let encoded = self.read_range(cid, 0, info.size)?;
-        let v = decode_range(cid, info.size, 0, info.size, &encoded)?;
-        let mut out = Vec::with_capacity(info.size as usize);
-        for (_, piece) in v.pieces {
-            out.extend_from_slice(&piece);
+        self.read_bytes(cid, 0, info.size)
+    }
+
+    /// The chunk CIDs of a blob (FILE-008), computed on first use and kept
+    /// next to the blob, with a chunk → blob index for chunk reads.
+    pub fn chunk_cids(&self, cid: &str) -> Result<Vec<String>, BlobError> {
+        let (info, data, _) = self.open_blob(cid)?;
+        let hash = parse_cid(cid)?;
+        let (path, _) = self.paths(&hash);
+        let side = path.with_extension("cids");
+        let n = chunk_count(info.size) as usize;
+        if let Ok(raw) = fs::read(&side)
+            && raw.len() == n * 32
+        {
+            return Ok(raw
+                .chunks_exact(32)
+                .map(|h| {
+                    let mut a = [0u8; 32];
+                    a.copy_from_slice(h);
+                    cid_text(&blake3::Hash::from_bytes(a))
+                })
+                .collect());
         }
-        Ok(out)
+        let mut raw = Vec::with_capacity(n * 32);
+        let mut buf = vec![0u8; CHUNK_BYTES as usize];
+        let mut batch = self.db.batch();
+        for i in 0..n as u32 {
+            let (s, e) = chunk_range(info.size, i);
+            let piece = &mut buf[..(e - s) as usize];
+            data.read_exact_at(piece, s)?;
+            let h = blake3::hash(piece);
+            raw.extend_from_slice(h.as_bytes());
+            if n > 1 {
+                let mut v = hash.as_bytes().to_vec();
+                v.extend_from_slice(&i.to_be_bytes());
+                batch.insert(&self.chunk_index, h.as_bytes(), v);
+            }
+        }
+        batch.commit()?;
+        let tmp = side.with_extension("cids.tmp");
+        fs::write(&tmp, &raw)?;
+        fs::rename(&tmp, &side)?;
+        Ok(raw
+            .chunks_exact(32)
+            .map(|h| {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(h);
+                cid_text(&blake3::Hash::from_bytes(a))
+            })
+            .collect())
+    }
+
+    /// The blob and index holding a chunk CID (FILE-001), computing chunk
+    /// CIDs of blobs that have none yet.
+    pub fn find_chunk(&self, chunk_cid: &str) -> Result<Option<(String, u32)>, BlobError> {
+        let h = parse_cid(chunk_cid)?;
+        let lookup = || -> Result<Option<(String, u32)>, BlobError> {
+            Ok(self.chunk_index.get(h.as_bytes())?.and_then(|v| {
+                let blob: [u8; 32] = v.get(..32)?.try_into().ok()?;
+                let i = u32::from_be_bytes(v.get(32..36)?.try_into().ok()?);
+                Some((cid_text(&blake3::Hash::from_bytes(blob)), i))
+            }))
+        };
+        if let Some(found) = lookup()? {
+            return Ok(Some(found));
+        }
+        for (cid, info) in self.list()? {
+            if chunk_count(info.size) > 1 {
+                let hash = parse_cid(&cid)?;
+                if !self.paths(&hash).0.with_extension("cids").exists() {
+                    self.chunk_cids(&cid)?;
+                }
+            }
+        }
+        lookup()
     }
 
     fn set_pins(&self, cid: &str, f: impl FnOnce(u32) -> u32) -> Result<BlobInfo, BlobError> {
@@ -402,19 +804,146 @@ impl BlobStore {
     }
 
     /// Deletes a blob (pinned or not): index first, then the files.
-    pub fn delete(&self, cid: &str) -> Result<(), BlobError> {
+    pub fn delete(&self, cid: &str) -> Result<u64, BlobError> {
         let hash = parse_cid(cid)?;
-        self.stat(cid)?;
+        let info = self.stat(cid)?;
         self.index.remove(hash.as_bytes())?;
         let (path, obao) = self.paths(&hash);
+        let side = path.with_extension("cids");
+        if let Ok(raw) = fs::read(&side) {
+            for h in raw.chunks_exact(32) {
+                self.chunk_index.remove(h)?;
+            }
+        }
+        let _ = fs::remove_file(side);
         let _ = fs::remove_file(path);
         let _ = fs::remove_file(obao);
-        Ok(())
+        Ok(info.size)
     }
 
     /// Bytes held.
     pub fn used(&self) -> Result<u64, BlobError> {
         Ok(self.list()?.iter().map(|(_, i)| i.size).sum())
+    }
+
+    /// Starts or resumes a transfer of blob `cid` of `size` bytes, started
+    /// by `owner`. A kept partial of another size is started afresh.
+    pub fn partial(&self, cid: &str, size: u64, owner: &str) -> Result<Partial, BlobError> {
+        let hash = parse_cid(cid)?;
+        let hex = hash.to_hex();
+        let dir = self.dir.join("partial");
+        let paths = [
+            dir.join(hex.as_str()),
+            dir.join(format!("{}.obao4", hex.as_str())),
+            dir.join(format!("{}.state", hex.as_str())),
+        ];
+        let n = chunk_count(size) as usize;
+        let owner_bytes = owner.as_bytes();
+        let header = (4 + 8 + 1 + 1 + owner_bytes.len().min(255)) as u64;
+        let tree = BaoTree::new(size, block());
+        let existing = fs::read(&paths[2]).ok().and_then(|raw| {
+            (raw.get(..4)? == PARTIAL_MAGIC
+                && u64::from_be_bytes(raw.get(4..12)?.try_into().ok()?) == size)
+                .then_some(())?;
+            let plain = *raw.get(12)? == 1;
+            let olen = *raw.get(13)? as usize;
+            let old_owner = String::from_utf8(raw.get(14..14 + olen)?.to_vec()).ok()?;
+            let have = raw
+                .get(14 + olen..14 + olen + n)?
+                .iter()
+                .map(|b| *b == 1)
+                .collect();
+            Some((plain, old_owner, have, (14 + olen) as u64))
+        });
+        let open = |p: &Path| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+        };
+        let (plain, owner, have, header) = match existing {
+            Some(found) => found,
+            None => {
+                for p in &paths {
+                    let _ = fs::remove_file(p);
+                }
+                let mut state = PARTIAL_MAGIC.to_vec();
+                state.extend_from_slice(&size.to_be_bytes());
+                state.push(0);
+                state.push(owner_bytes.len().min(255) as u8);
+                state.extend_from_slice(&owner_bytes[..owner_bytes.len().min(255)]);
+                state.extend(std::iter::repeat_n(0u8, n));
+                fs::write(&paths[2], state)?;
+                let data = open(&paths[0])?;
+                data.set_len(size)?;
+                let ob = open(&paths[1])?;
+                ob.set_len(tree.outboard_size())?;
+                (false, owner.to_string(), vec![false; n], header)
+            }
+        };
+        Ok(Partial {
+            hash,
+            size,
+            owner,
+            data: open(&paths[0])?,
+            outboard: PostOrderOutboard {
+                root: hash,
+                tree,
+                data: open(&paths[1])?,
+            },
+            state: open(&paths[2])?,
+            header,
+            have,
+            plain,
+            paths,
+        })
+    }
+
+    /// Finishes a complete transfer: a plain one is hashed whole against the
+    /// CID (FILE-009), a verified one already is; then the blob is stored.
+    /// A blob that does not match is discarded.
+    pub fn finish(&self, partial: Partial) -> Result<String, BlobError> {
+        if !partial.is_complete() {
+            return Err(BlobError::Io(std::io::Error::other(format!(
+                "{} chunks still missing",
+                partial.missing().len()
+            ))));
+        }
+        let cid = partial.cid();
+        let ok = if partial.size == 0 {
+            partial.hash == blake3::hash(&[])
+        } else if partial.plain {
+            let mut w =
+                std::io::BufWriter::with_capacity(1 << 16, File::create(&partial.paths[1])?);
+            let root = bao_tree::io::sync::outboard_post_order(
+                std::io::BufReader::with_capacity(1 << 20, File::open(&partial.paths[0])?),
+                partial.outboard.tree,
+                &mut w,
+            )?;
+            w.flush()?;
+            root == partial.hash
+        } else {
+            true
+        };
+        if !ok {
+            self.discard(partial);
+            return Err(BlobError::Corrupt { cid, offset: 0 });
+        }
+        let [data, ob, state] = &partial.paths;
+        let result = self.commit(data, ob, partial.hash, partial.size);
+        for p in [data, ob, state] {
+            let _ = fs::remove_file(p);
+        }
+        result
+    }
+
+    /// Drops a transfer and its files.
+    pub fn discard(&self, partial: Partial) {
+        for p in &partial.paths {
+            let _ = fs::remove_file(p);
+        }
     }
 
     /// Collects unpinned blobs, oldest first, until `needed` more bytes fit
@@ -573,6 +1102,154 @@ mod tests {
         assert_eq!(store.list().unwrap().len(), 1);
         store.delete(&a).unwrap();
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn partial_transfers_verify_each_group_and_resume_after_reopen() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = BlobStore::open(a_dir.path(), 0).unwrap();
+        let data = bytes(5 * CHUNK_BYTES as usize + 1000);
+        let cid = a.put(data.as_slice()).unwrap();
+        let size = data.len() as u64;
+        assert_eq!(chunk_count(size), 6);
+        let b = BlobStore::open(b_dir.path(), 0).unwrap();
+        let mut p = b.partial(&cid, size, "").unwrap();
+        p.accept_verified(0, &a.read_chunk(&cid, 0).unwrap())
+            .unwrap();
+        p.accept_verified(1, &a.read_chunk(&cid, 1).unwrap())
+            .unwrap();
+        drop(p);
+        // Reopened (as after a restart): only the missing chunks are asked for.
+        let mut p = b.partial(&cid, size, "").unwrap();
+        assert_eq!(p.missing(), vec![2, 3, 4, 5]);
+        // A corrupted group is refused at its offset; the chunk stays missing.
+        let mut bad = a.read_chunk(&cid, 3).unwrap();
+        let at = bad.len() / 2;
+        bad[at] ^= 0xff;
+        match p.accept_verified(3, &bad) {
+            Err(BlobError::Corrupt { offset, .. }) => {
+                assert!((3 * CHUNK_BYTES..4 * CHUNK_BYTES).contains(&offset));
+                assert_eq!(offset % GROUP_BYTES, 0);
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        // A chunk proven for another index does not verify either.
+        assert!(
+            p.accept_verified(2, &a.read_chunk(&cid, 4).unwrap())
+                .is_err()
+        );
+        assert_eq!(p.missing(), vec![2, 3, 4, 5]);
+        for i in 2..6 {
+            p.accept_verified(i, &a.read_chunk(&cid, i).unwrap())
+                .unwrap();
+        }
+        assert_eq!(b.finish(p).unwrap(), cid);
+        assert_eq!(b.read(&cid).unwrap(), data);
+        // Chunk CIDs (FILE-008) and chunk lookups (FILE-001).
+        let cids = b.chunk_cids(&cid).unwrap();
+        assert_eq!(cids.len(), 6);
+        assert_eq!(
+            cids[5],
+            cid_text(&blake3::hash(&data[5 * CHUNK_BYTES as usize..]))
+        );
+        assert_eq!(b.find_chunk(&cids[2]).unwrap(), Some((cid.clone(), 2)));
+        assert_eq!(
+            b.find_chunk(&cid_text(&blake3::hash(b"nope"))).unwrap(),
+            None
+        );
+        assert_eq!(
+            b.read_bytes(&cid, 300_000, 300_010).unwrap(),
+            data[300_000..300_010]
+        );
+    }
+
+    #[test]
+    fn plain_chunks_are_checked_against_the_whole_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 0).unwrap();
+        let data = bytes(CHUNK_BYTES as usize + 7);
+        let cid = cid_text(&blake3::hash(&data));
+        let mut p = store.partial(&cid, data.len() as u64, "caller").unwrap();
+        let c0 = &data[..CHUNK_BYTES as usize];
+        assert!(
+            p.accept_plain(0, &cid_text(&blake3::hash(b"x")), c0)
+                .is_err()
+        );
+        p.accept_plain(0, &cid_text(&blake3::hash(c0)), c0).unwrap();
+        p.accept_plain(
+            1,
+            &cid_text(&blake3::hash(&data[CHUNK_BYTES as usize..])),
+            &data[CHUNK_BYTES as usize..],
+        )
+        .unwrap();
+        assert_eq!(store.finish(p).unwrap(), cid);
+        // Chunks that each match their own CID but not the blob CID.
+        let other = bytes(CHUNK_BYTES as usize + 8);
+        let mut p = store
+            .partial(&cid_text(&blake3::hash(b"claimed")), other.len() as u64, "")
+            .unwrap();
+        for (i, c) in other.chunks(CHUNK_BYTES as usize).enumerate() {
+            p.accept_plain(i as u32, &cid_text(&blake3::hash(c)), c)
+                .unwrap();
+        }
+        assert!(matches!(store.finish(p), Err(BlobError::Corrupt { .. })));
+        assert!(!store.has(&cid_text(&blake3::hash(b"claimed"))));
+    }
+
+    /// Zeros with a marker at the very end, produced on the fly.
+    struct Sparse {
+        size: u64,
+        pos: u64,
+    }
+
+    impl Read for Sparse {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = (buf.len() as u64).min(self.size - self.pos) as usize;
+            buf[..n].fill(0);
+            if self.pos + n as u64 + 16 > self.size {
+                for (k, b) in buf[..n].iter_mut().enumerate() {
+                    let at = self.pos + k as u64;
+                    if at + 16 >= self.size {
+                        *b = (at % 251) as u8 + 1;
+                    }
+                }
+            }
+            self.pos += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn multi_gib_sparse_blobs_stay_sparse_and_verify() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 0).unwrap();
+        let size = 2u64 << 30;
+        let mut hasher = blake3::Hasher::new();
+        std::io::copy(&mut Sparse { size, pos: 0 }, &mut hasher).unwrap();
+        let cid = store.put_sized(Sparse { size, pos: 0 }, size).unwrap();
+        assert_eq!(cid, cid_text(&hasher.finalize()));
+        assert_eq!(store.stat(&cid).unwrap().size, size);
+        let (path, _) = store.paths(&parse_cid(&cid).unwrap());
+        let meta = fs::metadata(path).unwrap();
+        assert_eq!(meta.len(), size);
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "stored sparse: {} blocks",
+            meta.blocks()
+        );
+        let tail = store.read_bytes(&cid, size - 16, size).unwrap();
+        assert!(tail.iter().all(|b| *b != 0));
+        let last = chunk_count(size) - 1;
+        let enc = store.read_chunk(&cid, last).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let b = BlobStore::open(other.path(), 0).unwrap();
+        let mut p = b.partial(&cid, size, "").unwrap();
+        p.accept_verified(last, &enc).unwrap();
+        assert_eq!(p.missing().len() as u32, last);
+        // Declared size must match what the reader gives.
+        assert!(store.put_sized(&b"abc"[..], 2).is_err());
+        assert!(store.put_sized(&b"abc"[..], 4).is_err());
     }
 
     #[test]
