@@ -241,6 +241,7 @@ fn main() {
                     request_id: String::new(),
                     deadline: Instant::now() + Duration::from_secs(5),
                     cancel: Default::default(),
+                    input: None,
                 };
                 call_direct(&svc, req, sink).await.unwrap();
                 assert!(rx.try_recv().is_ok());

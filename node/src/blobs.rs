@@ -519,6 +519,34 @@ impl BlobStore {
         (tmp, ob)
     }
 
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A kept partial transfer of `cid`, if there is one.
+    pub fn existing_partial(&self, cid: &str) -> Result<Option<Partial>, BlobError> {
+        let hash = parse_cid(cid)?;
+        let state = self
+            .dir
+            .join("partial")
+            .join(format!("{}.state", hash.to_hex().as_str()));
+        let Ok(raw) = fs::read(&state) else {
+            return Ok(None);
+        };
+        let parsed = (|| {
+            (raw.get(..4)? == PARTIAL_MAGIC).then_some(())?;
+            let size = u64::from_be_bytes(raw.get(4..12)?.try_into().ok()?);
+            let olen = *raw.get(13)? as usize;
+            let owner = String::from_utf8(raw.get(14..14 + olen)?.to_vec()).ok()?;
+            Some((size, owner))
+        })();
+        match parsed {
+            Some((size, owner)) => self.partial(cid, size, &owner).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Whether the blob is held completely.
     pub fn has(&self, cid: &str) -> bool {
         self.stat(cid).is_ok()

@@ -367,6 +367,21 @@ pub struct FileConfig {
     pub blobs_dir: Option<PathBuf>,
     /// Disk use fraction above which unpinned blobs are collected.
     pub gc_threshold: f64,
+    /// Most bytes of blobs kept (0 = no quota); unpinned blobs are collected,
+    /// oldest first, to make room.
+    pub quota_bytes: u64,
+    /// Free disk a `file.put` must leave, bytes (FILE-004: 1 GiB).
+    pub min_free_bytes: u64,
+    /// `fsync` every stored blob before reporting it stored (survives power
+    /// loss; slower). Off: a process crash loses nothing, a power cut may
+    /// lose recent blobs, and a torn one is caught by read verification.
+    pub fsync: bool,
+    /// Volunteer as a replica holder for other nodes' pinned blobs.
+    pub replica: bool,
+    /// Copies wanted of every pinned blob, this node included.
+    pub desired_copies: u32,
+    /// How often replication is checked, seconds.
+    pub replication_interval_seconds: u64,
 }
 
 impl Default for FileConfig {
@@ -374,6 +389,12 @@ impl Default for FileConfig {
         Self {
             blobs_dir: None,
             gc_threshold: 0.80,
+            quota_bytes: 0,
+            min_free_bytes: 1 << 30,
+            fsync: false,
+            replica: false,
+            desired_copies: 3,
+            replication_interval_seconds: 30,
         }
     }
 }
@@ -922,6 +943,14 @@ impl Config {
         Ok(Some(
             self.data_dir()?.join("communities").join(&h.as_str()[..16]),
         ))
+    }
+
+    /// The blob directory.
+    pub fn blobs_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.file.blobs_dir {
+            Some(p) => Ok(p.clone()),
+            None => Ok(self.data_dir()?.join("blobs")),
+        }
     }
 
     /// The node key file.

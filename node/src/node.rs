@@ -23,6 +23,7 @@ use crate::events::{Durability, EventLog};
 use crate::obs::{Metrics, TraceRing};
 use crate::services::builtin::{Diag, Introspection, NodeInfo};
 use crate::services::chat::ChatService;
+use crate::services::files::{FileService, FileSettings};
 use crate::services::market::MarketService;
 use crate::transport::{self, Limits, http::HttpState};
 
@@ -58,6 +59,9 @@ pub enum StartError {
     /// Two services offer one capability.
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
+    /// The blob store cannot be opened.
+    #[error("blob store: {0}")]
+    Blobs(String),
     /// The community event log cannot be opened.
     #[error("event log: {0}")]
     Events(#[from] crate::events::EventError),
@@ -214,6 +218,23 @@ impl NodeBuilder {
                 Some(log)
             }
         };
+        let store = crate::blobs::BlobStore::open(&config.blobs_dir()?, config.file.quota_bytes)
+            .map_err(|e| StartError::Blobs(e.to_string()))?
+            .fsync(config.file.fsync);
+        let files = FileService::new(
+            Arc::new(store),
+            &bus,
+            events.clone(),
+            FileSettings {
+                replica: config.file.replica,
+                desired_copies: config.file.desired_copies,
+                replication_interval: Duration::from_secs(
+                    config.file.replication_interval_seconds.max(1),
+                ),
+                min_free_bytes: config.file.min_free_bytes,
+            },
+        );
+        bus.register(files.clone())?;
         for s in self.services {
             bus.register(s)?;
         }
@@ -255,6 +276,11 @@ impl NodeBuilder {
                 b.spawn(log.clone(), &tasks, shutdown.clone());
             }
             crate::events::sync::spawn_folder(log.clone(), &tasks, shutdown.clone());
+            {
+                let files = files.clone();
+                let stop = shutdown.clone();
+                tasks.spawn(async move { files.run_replication(stop).await });
+            }
             crate::events::sync::spawn_loop(
                 log.clone(),
                 bus.clone(),
@@ -334,6 +360,7 @@ impl NodeBuilder {
             server,
             follower,
             events,
+            files,
             introspection,
             tasks,
         };
@@ -401,6 +428,7 @@ pub struct RunningNode {
     server: JoinHandle<()>,
     follower: crate::discovery::Follower,
     events: Option<EventLog>,
+    files: Arc<FileService>,
     introspection: Arc<Introspection>,
     tasks: TaskTracker,
 }
@@ -432,6 +460,11 @@ impl RunningNode {
     /// The community event log, when a community is configured.
     pub fn events(&self) -> Option<&EventLog> {
         self.events.as_ref()
+    }
+
+    /// The file service (blob store, downloads, replication).
+    pub fn files(&self) -> &Arc<FileService> {
+        &self.files
     }
 
     /// Joins the configured community: syncs with `inviter_url` as a pending

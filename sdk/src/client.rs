@@ -25,7 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::identity::{NodeId, SecretKey};
 use crate::proto::hearthnet::bus::v1::bus_service_client::BusServiceClient;
 use crate::proto::hearthnet::bus::v1::{
-    CallRequest, Done, Frame, PayloadEncoding, Progress, frame,
+    CallRequest, Done, Frame, OpenRequest, PayloadEncoding, Progress, frame, open_request,
 };
 use crate::proto::hearthnet::common::v1::Error as WireError;
 use crate::signing::{Transcript, sign_call};
@@ -175,13 +175,81 @@ impl Client {
         }
         let stream = self.inner.clone().call(req).await?.into_inner();
         Ok(CallStream {
-            stream,
+            source: Source::Call(Box::new(stream)),
             transcript: Transcript::new(),
             request_id,
             next_seq: 0,
             finished: false,
             verify_signature,
         })
+    }
+
+    /// Opens a client- or bidi-streaming call (`Open`): `call.payload` is the
+    /// first client message; further messages go through the returned
+    /// [`OpenSink`] (which keeps to the window of `STREAM_WINDOW_FRAMES`
+    /// unacknowledged frames), and the provider's frames come on the
+    /// [`CallStream`]. Dropping or finishing the sink ends the client side.
+    pub async fn open(
+        &self,
+        call: CallRequest,
+        timeout: Option<Duration>,
+    ) -> Result<(OpenSink, CallStream), ClientError> {
+        let request_id = call.request_id.clone();
+        let verify_signature = self.verify_every_done
+            || crate::registry::capability(&call.capability)
+                .is_none_or(|c| !c.idempotent || !c.events.is_empty());
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::constants::STREAM_WINDOW_FRAMES as usize);
+        tx.send(OpenRequest {
+            kind: Some(open_request::Kind::Call(call)),
+        })
+        .await
+        .map_err(|_| ClientError::Protocol("stream closed".into()))?;
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(t) = timeout {
+            req.set_timeout(t);
+        }
+        let mut incoming = self.inner.clone().open(req).await?.into_inner();
+        // Acks must be seen while the caller is busy sending, so a task reads
+        // the provider's frames, notes acks and passes every frame on.
+        let (acked_tx, acked_rx) = tokio::sync::watch::channel(0u64);
+        let (ftx, frx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let next = incoming.message().await;
+                let item = match next {
+                    Ok(Some(resp)) => match resp.frame {
+                        Some(f) => {
+                            if let Some(frame::Kind::Ack(a)) = &f.kind {
+                                acked_tx.send_replace(a.upto + 1);
+                            }
+                            Ok(Some(f))
+                        }
+                        None => Err(ClientError::Protocol("response without a frame".into())),
+                    },
+                    Ok(None) => Ok(None),
+                    Err(s) => Err(ClientError::Status(s)),
+                };
+                let end = !matches!(item, Ok(Some(_)));
+                if ftx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok((
+            OpenSink {
+                tx: Some(tx),
+                seq: 0,
+                acked: acked_rx,
+            },
+            CallStream {
+                source: Source::Open(frx),
+                transcript: Transcript::new(),
+                request_id,
+                next_seq: 0,
+                finished: false,
+                verify_signature,
+            },
+        ))
     }
 
     /// Calls a unary capability with a typed request and decodes the single
@@ -214,11 +282,88 @@ impl Client {
     }
 }
 
+/// The client side of an `Open` call: sends client messages as data frames.
+#[derive(Debug)]
+pub struct OpenSink {
+    tx: Option<tokio::sync::mpsc::Sender<OpenRequest>>,
+    seq: u64,
+    acked: tokio::sync::watch::Receiver<u64>,
+}
+
+impl OpenSink {
+    /// Sends one encoded client message, first waiting while
+    /// `STREAM_WINDOW_FRAMES` frames are unacknowledged; no ack for
+    /// `STREAM_ACK_TIMEOUT_SECONDS` breaks the stream.
+    pub async fn send(&mut self, message: Vec<u8>) -> Result<(), ClientError> {
+        let window = crate::constants::STREAM_WINDOW_FRAMES as u64;
+        let seq = self.seq;
+        let wait = self.acked.wait_for(|acked| seq < acked + window);
+        match tokio::time::timeout(
+            Duration::from_secs(crate::constants::STREAM_ACK_TIMEOUT_SECONDS as u64),
+            wait,
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return Err(ClientError::Protocol(
+                    "the provider ended the stream".into(),
+                ));
+            }
+            Err(_) => {
+                return Err(ClientError::Protocol(
+                    "no ack from the provider in time".into(),
+                ));
+            }
+        }
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| ClientError::Protocol("the client side is finished".into()))?;
+        tx.send(OpenRequest {
+            kind: Some(open_request::Kind::Frame(Frame {
+                seq,
+                kind: Some(frame::Kind::Data(message)),
+            })),
+        })
+        .await
+        .map_err(|_| ClientError::Protocol("the provider ended the stream".into()))?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Ends the client side (half-close); the provider then finishes.
+    pub fn finish(&mut self) {
+        self.tx = None;
+    }
+}
+
+#[derive(Debug)]
+enum Source {
+    Call(Box<tonic::Streaming<crate::proto::hearthnet::bus::v1::CallResponse>>),
+    Open(tokio::sync::mpsc::Receiver<Result<Option<Frame>, ClientError>>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Result<Option<Frame>, ClientError> {
+        match self {
+            Source::Call(s) => match s.message().await? {
+                Some(resp) => resp
+                    .frame
+                    .map(Some)
+                    .ok_or_else(|| ClientError::Protocol("response without a frame".into())),
+                None => Ok(None),
+            },
+            Source::Open(rx) => rx.recv().await.unwrap_or(Ok(None)),
+        }
+    }
+}
+
 /// The response stream of one call. [`CallStream::next`] yields checked
 /// items and ends after a verified `done`.
 #[derive(Debug)]
 pub struct CallStream {
-    stream: tonic::Streaming<crate::proto::hearthnet::bus::v1::CallResponse>,
+    source: Source,
     transcript: Transcript,
     request_id: String,
     next_seq: u64,
@@ -235,31 +380,41 @@ impl CallStream {
     /// The next item; `Ok(None)` after the verified `done` frame. An `error`
     /// frame becomes [`ClientError::Remote`].
     pub async fn next(&mut self) -> Result<Option<CallItem>, ClientError> {
+        loop {
+            if let Some(item) = self.next_frame().await? {
+                return Ok(Some(item));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next checked frame; `Ok(None)` for an `ack` (on `Open`) or after
+    /// the end.
+    async fn next_frame(&mut self) -> Result<Option<CallItem>, ClientError> {
         if self.finished {
             return Ok(None);
         }
-        let Some(resp) = self.stream.message().await? else {
+        let Some(frame) = self.source.next().await? else {
             self.finished = true;
             return Err(ClientError::Protocol(
                 "stream ended without a terminal frame".into(),
             ));
         };
-        let frame = resp
-            .frame
-            .ok_or_else(|| ClientError::Protocol("response without a frame".into()))?;
         let item = self.check(frame);
         if self.finished {
             // Read the end of the gRPC stream (its trailers) so the HTTP/2
             // stream closes cleanly instead of being reset, and check that
             // nothing follows the terminal frame (BUS-003).
-            match self.stream.message().await {
+            match self.source.next().await {
                 Ok(None) => {}
                 Ok(Some(_)) => {
                     return Err(ClientError::Protocol(
                         "a frame followed the terminal frame".into(),
                     ));
                 }
-                Err(status) if item.is_ok() => return Err(ClientError::Status(status)),
+                Err(e) if item.is_ok() => return Err(e),
                 Err(_) => {}
             }
         }
@@ -281,6 +436,7 @@ impl CallStream {
                 Ok(Some(CallItem::Data(d)))
             }
             Some(frame::Kind::Progress(p)) => Ok(Some(CallItem::Progress(p))),
+            Some(frame::Kind::Ack(_)) if matches!(self.source, Source::Open(_)) => Ok(None),
             Some(frame::Kind::Ack(_)) => {
                 self.finished = true;
                 Err(ClientError::Protocol("ack frame on a Call stream".into()))

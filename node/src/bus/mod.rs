@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use hearthnet_sdk::client::{CallItem, Client, ClientError};
 use hearthnet_sdk::constants as k;
 use hearthnet_sdk::identity::{NodeId, SecretKey};
-use hearthnet_sdk::proto::hearthnet::bus::v1::{CallRequest, Done, Frame, PayloadEncoding, frame};
+use hearthnet_sdk::proto::hearthnet::bus::v1::{
+    Ack, CallRequest, Done, Frame, PayloadEncoding, frame,
+};
 use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
 use hearthnet_sdk::proto::hearthnet::identity::v1::OfferedCapability;
 use hearthnet_sdk::proto::hearthnet::node::v1::{TraceDirection, TraceEntry};
@@ -36,7 +38,7 @@ use hearthnet_sdk::signing::{Transcript, sign_call};
 use hearthnet_sdk::wkt::Timestamp;
 
 pub use health::Health;
-pub use service::{Item, Offer, Request, Service, Sink};
+pub use service::{Input, Item, Offer, Request, Service, Sink};
 
 use crate::error::CallError;
 use crate::obs::{CallLabels, CapLabels, Metrics, TraceRing};
@@ -126,6 +128,7 @@ struct RemoteEntry {
     version_text: String,
     schema_hash: String,
     max_concurrent: u32,
+    params: BTreeMap<String, String>,
     endpoint: String,
     last_seen: Instant,
     in_flight: Arc<AtomicU32>,
@@ -148,6 +151,10 @@ pub struct RemoteCapability {
     pub samples: usize,
     /// Success rate over the window.
     pub success_rate: f64,
+    /// Instance parameters the peer advertises.
+    pub params: BTreeMap<String, String>,
+    /// The peer's endpoint.
+    pub endpoint: String,
 }
 
 type HealthKey = (String, String, u32);
@@ -212,10 +219,13 @@ impl WeakBus {
 }
 
 /// Context of an inbound call from a transport.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Inbound {
     /// The caller's deadline, relative to receipt.
     pub timeout: Option<Duration>,
+    /// Client frames `(seq, data)` after the header, when the call came on
+    /// an `Open` stream (`None` for `Call`).
+    pub input: Option<mpsc::Receiver<(u64, Vec<u8>)>>,
 }
 
 fn quota(rps: i64) -> Quota {
@@ -442,6 +452,7 @@ impl Bus {
                     version_text: cap.version.clone(),
                     schema_hash: cap.schema_hash.clone(),
                     max_concurrent: cap.max_concurrent,
+                    params: cap.params.clone().into_iter().collect(),
                     endpoint: endpoint.to_string(),
                     last_seen: now,
                     in_flight,
@@ -487,6 +498,8 @@ impl Bus {
                     quarantined: h.is_quarantined(now),
                     samples: h.samples(),
                     success_rate: h.success_rate(),
+                    params: e.params.clone(),
+                    endpoint: e.endpoint.clone(),
                 }
             })
             .collect()
@@ -574,12 +587,41 @@ impl Bus {
         };
         let timeout = cap_timeout(cap).min(ctx.timeout.unwrap_or(Duration::MAX));
         let deadline = started + timeout;
-        let outcome = match route {
-            Route::Local(key) => {
-                self.run_local(key, call, caller, trust, deadline, &tx)
+        let client_streaming = matches!(cap.streaming, Streaming::Client | Streaming::Bidi);
+        let outcome = match (route, ctx.input) {
+            (_, None) if client_streaming => {
+                // Decision 0044: client- and bidi-streaming capabilities are
+                // called with `Open`.
+                let e = CallError::bad_request(format!(
+                    "{} is {}-streaming: call it with Open",
+                    cap.name,
+                    if cap.streaming == Streaming::Bidi {
+                        "bidi"
+                    } else {
+                        "client"
+                    }
+                ));
+                let _ = tx.send(error_frame(0, &e)).await;
+                (e.code.wire_name().into(), 0, String::new(), "local")
+            }
+            (Route::Local(key), input) => {
+                self.run_local(key, call, caller, trust, deadline, input, &tx)
                     .await
             }
-            Route::Remote(candidates) => self.forward(cap, call, candidates, deadline, &tx).await,
+            (Route::Remote(_), Some(_)) => {
+                let e = CallError::new(
+                    ErrorCode::NotImplemented,
+                    format!(
+                        "{} streams from the client: call a node that serves it",
+                        cap.name
+                    ),
+                );
+                let _ = tx.send(error_frame(0, &e)).await;
+                (e.code.wire_name().into(), 0, String::new(), "local")
+            }
+            (Route::Remote(candidates), None) => {
+                self.forward(cap, call, candidates, deadline, &tx).await
+            }
         };
         let (code, frames, peer, route_label) = outcome;
         // Local calls are traced with their caller, forwarded ones with the provider.
@@ -913,6 +955,7 @@ impl Bus {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_local(
         &self,
         key: (String, u32),
@@ -920,6 +963,7 @@ impl Bus {
         caller: NodeId,
         trust: Trust,
         deadline: Instant,
+        input: Option<mpsc::Receiver<(u64, Vec<u8>)>>,
         tx: &mpsc::Sender<Frame>,
     ) -> (String, u64, String, &'static str) {
         let found = {
@@ -965,6 +1009,15 @@ impl Bus {
             call.payload
         };
         let cancel = CancellationToken::new();
+        // Client frames go to the service through a pump that decodes JSON
+        // and acknowledges every STREAM_ACK_INTERVAL_FRAMES frames (0044).
+        let (mut acks, input) = match input {
+            Some(raw) => {
+                let (acks, input) = pump_client_frames(cap, json, raw);
+                (Some(acks), Some(input))
+            }
+            None => (None, None),
+        };
         let req = Request {
             capability: cap,
             payload,
@@ -973,6 +1026,7 @@ impl Bus {
             request_id: call.request_id.clone(),
             deadline,
             cancel: cancel.clone(),
+            input,
         };
         let (sink, mut items) = Sink::channel(16);
         // The service runs inside this task; leaving the loop drops (and so
@@ -1011,6 +1065,17 @@ impl Bus {
                             seq += 1;
                         }
                         None => items_open = false,
+                    }
+                }
+                upto = async { acks.as_mut()?.recv().await }, if acks.is_some() => {
+                    match upto {
+                        Some(upto) => {
+                            if tx.send(Frame { seq, kind: Some(frame::Kind::Ack(Ack { upto })) }).await.is_err() {
+                                return ("timeout".into(), transcript.frames(), String::new(), "local");
+                            }
+                            seq += 1;
+                        }
+                        None => acks = None,
                     }
                 }
                 joined = &mut task, if result.is_none() => {
@@ -1278,7 +1343,13 @@ impl Bus {
             signature: Vec::new(),
         };
         self.sign(&mut call);
-        self.serve(call, Inbound { timeout })
+        self.serve(
+            call,
+            Inbound {
+                timeout,
+                input: None,
+            },
+        )
     }
 
     /// Calls a unary capability as this node and decodes the response.
@@ -1339,6 +1410,7 @@ impl Bus {
             request_id: ulid::Ulid::new().to_string(),
             deadline: Instant::now() + timeout,
             cancel: cancel.clone(),
+            input: None,
         };
         let (sink, mut items) = Sink::channel(4);
         let result = tokio::time::timeout(timeout, service.call(req, sink)).await;
@@ -1485,6 +1557,42 @@ fn cap_timeout(cap: &Capability) -> Duration {
         u64::from(cap.timeout_seconds)
     };
     Duration::from_secs(secs)
+}
+
+/// Feeds a service the client frames of an `Open` call: JSON frames are
+/// decoded to protobuf, and every `STREAM_ACK_INTERVAL_FRAMES` frames taken
+/// the seq of the last one goes out as an `ack`.
+fn pump_client_frames(
+    cap: &'static Capability,
+    json: bool,
+    mut raw: mpsc::Receiver<(u64, Vec<u8>)>,
+) -> (mpsc::Receiver<u64>, Input) {
+    let (ack_tx, ack_rx) = mpsc::channel(64);
+    let (in_tx, in_rx) = mpsc::channel(k::STREAM_WINDOW_FRAMES as usize);
+    tokio::spawn(async move {
+        let mut taken = 0u64;
+        while let Some((seq, bytes)) = raw.recv().await {
+            let msg = if json {
+                std::str::from_utf8(&bytes)
+                    .map_err(|_| CallError::bad_request("JSON client frame is not UTF-8"))
+                    .and_then(|t| {
+                        hearthnet_sdk::json::json_to_proto_bytes(cap.request, t)
+                            .map_err(|e| CallError::bad_request(e.to_string()))
+                    })
+            } else {
+                Ok(bytes)
+            };
+            let failed = msg.is_err();
+            if in_tx.send(msg).await.is_err() || failed {
+                return;
+            }
+            taken += 1;
+            if taken.is_multiple_of(k::STREAM_ACK_INTERVAL_FRAMES as u64) {
+                let _ = ack_tx.send(seq).await;
+            }
+        }
+    });
+    (ack_rx, Input::new(in_rx))
 }
 
 /// An `error` frame.

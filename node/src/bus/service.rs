@@ -69,6 +69,35 @@ pub struct Request {
     pub deadline: Instant,
     /// Cancelled when the caller goes away or the deadline passes.
     pub cancel: CancellationToken,
+    /// The client frames after the first message, for client- and
+    /// bidi-streaming capabilities called with `Open` (decision 0044).
+    pub input: Option<Input>,
+}
+
+/// The client messages of an `Open` call after the first one (which is the
+/// request payload), already decoded from JSON where needed.
+#[derive(Debug)]
+pub struct Input {
+    rx: mpsc::Receiver<Result<Vec<u8>, CallError>>,
+}
+
+impl Input {
+    /// Input fed from a channel (the bus's pump, or tests).
+    pub fn new(rx: mpsc::Receiver<Result<Vec<u8>, CallError>>) -> Self {
+        Self { rx }
+    }
+
+    /// The next client message as `M`; `Ok(None)` once the client has
+    /// finished sending. A malformed message is `bad_request`.
+    pub async fn next<M: Message + Default>(&mut self) -> Result<Option<M>, CallError> {
+        match self.rx.recv().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(bytes)) => M::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|e| CallError::bad_request(format!("client frame: {e}"))),
+        }
+    }
 }
 
 impl Request {

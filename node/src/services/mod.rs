@@ -3,4 +3,5 @@
 
 pub mod builtin;
 pub mod chat;
+pub mod files;
 pub mod market;

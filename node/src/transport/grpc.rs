@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use hearthnet_sdk::proto::hearthnet::bus::v1::bus_service_server::BusService;
 use hearthnet_sdk::proto::hearthnet::bus::v1::{
-    CallRequest, CallResponse, OpenRequest, OpenResponse, open_request,
+    CallRequest, CallResponse, Frame, OpenRequest, OpenResponse, frame, open_request,
 };
 
 use crate::bus::{Bus, Inbound, error_frame};
@@ -57,7 +57,13 @@ impl BusService for GrpcBus {
         request: Request<CallRequest>,
     ) -> Result<Response<Self::CallStream>, Status> {
         let timeout = grpc_timeout(request.metadata());
-        let frames = self.bus.serve(request.into_inner(), Inbound { timeout });
+        let frames = self.bus.serve(
+            request.into_inner(),
+            Inbound {
+                timeout,
+                input: None,
+            },
+        );
         let out = frames.map(|frame| Ok(CallResponse { frame: Some(frame) }));
         Ok(Response::new(Box::pin(out)))
     }
@@ -82,15 +88,49 @@ impl BusService for GrpcBus {
                 return Ok(Response::new(Box::pin(one)));
             }
         };
-        let frames = self.bus.serve(call, Inbound { timeout });
-        // Client frames after the header: acknowledgements are accepted; a
-        // second call header is a protocol violation (BUS-004) and ends the
-        // stream with bad_request.
+        // Client frames after the header go to the service (data) or are
+        // ignored (acks: this provider does not wait for them); a second
+        // call header is a protocol violation (BUS-004) and ends the stream
+        // with bad_request.
+        let (in_tx, in_rx) =
+            tokio::sync::mpsc::channel(hearthnet_sdk::constants::STREAM_WINDOW_FRAMES as usize);
+        let (bad_tx, mut bad_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = incoming.next().await {
+                match m.kind {
+                    Some(open_request::Kind::Call(_)) => {
+                        let _ = bad_tx.send(());
+                        return;
+                    }
+                    Some(open_request::Kind::Frame(Frame {
+                        seq,
+                        kind: Some(frame::Kind::Data(bytes)),
+                    })) => {
+                        let Ok(()) = in_tx.send((seq, bytes)).await else {
+                            return;
+                        };
+                    }
+                    // The client gave up: end its input.
+                    Some(open_request::Kind::Frame(Frame {
+                        kind: Some(frame::Kind::Error(_)),
+                        ..
+                    })) => return,
+                    _ => {}
+                }
+            }
+        });
+        let frames = self.bus.serve(
+            call,
+            Inbound {
+                timeout,
+                input: Some(in_rx),
+            },
+        );
         let (tx, rx) = tokio::sync::mpsc::channel(32);
         tokio::spawn(async move {
             let mut frames = frames;
             let mut seq = 0u64;
-            let mut client_open = true;
+            let mut watching = true;
             loop {
                 tokio::select! {
                     f = frames.next() => match f {
@@ -100,15 +140,14 @@ impl BusService for GrpcBus {
                         }
                         None => return,
                     },
-                    m = incoming.next(), if client_open => match m {
-                        Some(Ok(OpenRequest { kind: Some(open_request::Kind::Call(_)) })) => {
+                    bad = &mut bad_rx, if watching => {
+                        if bad.is_ok() {
                             let e = CallError::bad_request("a second call header on one Open stream");
                             let _ = tx.send(Ok(OpenResponse { frame: Some(error_frame(seq, &e)) })).await;
                             return;
                         }
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => client_open = false,
-                    },
+                        watching = false;
+                    }
                 }
             }
         });

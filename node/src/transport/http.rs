@@ -192,7 +192,13 @@ async fn call(
     let streaming =
         registry::capability(&call.capability).is_some_and(|c| c.streaming != Streaming::Unary);
     let wants_sse = header(&headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
-    let mut frames = state.bus.serve(call, Inbound { timeout });
+    let mut frames = state.bus.serve(
+        call,
+        Inbound {
+            timeout,
+            input: None,
+        },
+    );
     if streaming || wants_sse {
         let events = frames.map(|f| {
             let ev = match f.kind {
