@@ -242,6 +242,7 @@ impl NodeBuilder {
             bus: bus.clone(),
             allow_unsigned_loopback: config.transport.allow_unsigned_loopback,
             metrics_enabled: config.observability.metrics_enabled,
+            blobs: Some(files.store().clone()),
         };
         let app = transport::app(bus.clone(), state);
         let shutdown = CancellationToken::new();

@@ -689,3 +689,87 @@ async fn replication_reaches_three_copies_and_recovers_when_a_holder_leaves() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_binding_uploads_ndjson_and_downloads_ranges() {
+    use base64::Engine as _;
+    let db = tempfile::tempdir().unwrap();
+    let b = plain_node(2, db.path(), &[]).await;
+    let data = bytes(CHUNK_BYTES as usize + 1234, 5);
+    let m = manifest(&data);
+    let mut body = serde_json::json!({ "manifest": {
+        "cid": m.cid, "sizeBytes": m.size_bytes.to_string(), "chunkSizeBytes": m.chunk_size_bytes,
+        "chunks": m.chunks.iter().map(|c| serde_json::json!({"i": c.i, "cid": c.cid})).collect::<Vec<_>>(),
+    }})
+    .to_string();
+    for (i, c) in chunks_of(&data).iter().enumerate() {
+        body.push('\n');
+        body.push_str(
+            &serde_json::json!({ "chunk": {
+                "i": i, "cid": cid(c), "data": base64::engine::general_purpose::STANDARD.encode(c),
+            }})
+            .to_string(),
+        );
+    }
+    let (status, head, out) = common::http(
+        b.addr(),
+        "POST",
+        "/bus/v1/open",
+        &[
+            ("X-HearthNet-Capability", "file.put"),
+            ("Content-Type", "application/x-ndjson"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}\n{out}");
+    assert!(out.contains("\"received\":2"), "{out}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-hearthnet-signature"),
+        "{head}"
+    );
+    assert_eq!(b.files().store().read(&cid(&data)).unwrap(), data);
+    // Bidi capabilities are gRPC-only on this path.
+    let (status, _, out) = common::http(
+        b.addr(),
+        "POST",
+        "/bus/v1/open",
+        &[("X-HearthNet-Capability", "file.put.resume")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 501, "{out}");
+    // Downloads: whole, one range, refused names.
+    let path = format!("/files/{}", cid(&data));
+    let raw = |path: String, range: Option<&'static str>| {
+        let addr = b.addr();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let range = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+            let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{range}\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = String::from_utf8_lossy(&out[..split]).to_string();
+            (head, out[split + 4..].to_vec())
+        }
+    };
+    let (head, got) = raw(format!("{path}?name=report.pdf"), None).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("report.pdf"), "{head}");
+    assert_eq!(got, data);
+    let (head, got) = raw(path.clone(), Some("bytes=262140-262149")).await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(
+        head.contains(&format!("bytes 262140-262149/{}", data.len())),
+        "{head}"
+    );
+    assert_eq!(got, data[262_140..262_150]);
+    for bad in ["..%2Fetc%2Fpasswd", "a%2Fb", &"x".repeat(300)] {
+        let (head, _) = raw(format!("{path}?name={bad}"), None).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{bad}: {head}");
+    }
+    let (head, _) = raw(format!("/files/{}", cid(b"absent")), None).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}

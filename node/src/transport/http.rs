@@ -38,12 +38,19 @@ pub struct HttpState {
     pub allow_unsigned_loopback: bool,
     /// Serve `/metrics`.
     pub metrics_enabled: bool,
+    /// The blob store, for `GET /files/{cid}`.
+    pub blobs: Option<std::sync::Arc<crate::blobs::BlobStore>>,
 }
 
 /// The HTTP routes.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/bus/v1/call", post(call))
+        .route(
+            "/bus/v1/open",
+            post(open).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/files/{cid}", get(download))
         .route("/manifest", get(manifest))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
@@ -192,7 +199,7 @@ async fn call(
     let streaming =
         registry::capability(&call.capability).is_some_and(|c| c.streaming != Streaming::Unary);
     let wants_sse = header(&headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
-    let mut frames = state.bus.serve(
+    let frames = state.bus.serve(
         call,
         Inbound {
             timeout,
@@ -226,7 +233,18 @@ async fn call(
         }
         return resp;
     }
-    // Unary: the data frame is the body; the done signature goes in headers.
+    unary_response(frames, &request_id).await
+}
+
+/// A unary answer: the data frame is the body; the `done` signature goes in
+/// headers (decision 0043).
+async fn unary_response(
+    mut frames: tokio_stream::wrappers::ReceiverStream<
+        hearthnet_sdk::proto::hearthnet::bus::v1::Frame,
+    >,
+    request_id: &str,
+) -> Response {
+    let request_id = request_id.to_string();
     let mut data = None;
     while let Some(f) = frames.next().await {
         match f.kind {
@@ -261,6 +279,217 @@ async fn call(
         &CallError::internal("stream ended without a terminal frame"),
         &request_id,
     )
+}
+
+/// Longest line of a `/bus/v1/open` body (one client message as JSON).
+const OPEN_LINE_MAX: usize = 2 * hearthnet_sdk::constants::BUS_MAX_MESSAGE_BYTES as usize;
+
+/// `POST /bus/v1/open`: a client-streaming call as NDJSON, one client
+/// message per line, the first being the request (decision 0044); the body
+/// is read as it arrives, so uploads are not held in memory. The answer is
+/// one signed JSON body. Bidi capabilities are gRPC-only.
+async fn open(
+    State(state): State<HttpState>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let rid = header(&headers, "x-hearthnet-request-id")
+        .unwrap_or("")
+        .to_string();
+    let cap = header(&headers, "x-hearthnet-capability").and_then(registry::capability);
+    match cap.map(|c| c.streaming) {
+        Some(Streaming::Client) => {}
+        Some(Streaming::Bidi) => {
+            return error_response(
+                &CallError::new(
+                    hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode::NotImplemented,
+                    "bidirectional capabilities are served over gRPC Open only (decision 0044)",
+                ),
+                &rid,
+            );
+        }
+        _ => {
+            return error_response(
+                &CallError::bad_request(
+                    "/bus/v1/open carries client-streaming capabilities; use /bus/v1/call",
+                ),
+                &rid,
+            );
+        }
+    }
+    let mut chunks = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    // Lines as they arrive: Ok(Some(line)), Ok(None) at the end.
+    async fn next_line(
+        chunks: &mut axum::body::BodyDataStream,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        loop {
+            if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let line = line.trim_ascii().to_vec();
+                if line.is_empty() {
+                    continue;
+                }
+                return Ok(Some(line));
+            }
+            if buf.len() > OPEN_LINE_MAX {
+                return Err(CallError::bad_request(format!(
+                    "a line of the body is longer than {OPEN_LINE_MAX} bytes"
+                )));
+            }
+            match chunks.next().await {
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+                Some(Err(e)) => return Err(CallError::bad_request(format!("body: {e}"))),
+                None => {
+                    let rest = std::mem::take(buf);
+                    let rest = rest.trim_ascii();
+                    return Ok((!rest.is_empty()).then(|| rest.to_vec()));
+                }
+            }
+        }
+    }
+    let first = match next_line(&mut chunks, &mut buf).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return error_response(&CallError::bad_request("empty body"), &rid),
+        Err(e) => return error_response(&e, &rid),
+    };
+    let (call, timeout) = match build_call(&state, peer, &headers, Bytes::from(first)) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e, &rid),
+    };
+    let request_id = call.request_id.clone();
+    let (tx, rx) =
+        tokio::sync::mpsc::channel(hearthnet_sdk::constants::STREAM_WINDOW_FRAMES as usize);
+    let frames = state.bus.serve(
+        call,
+        Inbound {
+            timeout,
+            input: Some(rx),
+        },
+    );
+    // Feed the remaining lines while the provider works.
+    tokio::spawn(async move {
+        let mut seq = 0u64;
+        while let Ok(Some(line)) = next_line(&mut chunks, &mut buf).await {
+            if tx.send((seq, line)).await.is_err() {
+                return;
+            }
+            seq += 1;
+        }
+    });
+    unary_response(frames, &request_id).await
+}
+
+/// `GET /files/{cid}`: the operator downloads a blob over plain HTTP from
+/// loopback, whole or one byte range (`Range: bytes=a-b`), every byte
+/// verified against the CID on the way out; `?name=` sets the file name
+/// offered to the browser, refused when it is a path or too long.
+async fn download(
+    State(state): State<HttpState>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    axum::extract::Path(cid): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !(state.allow_unsigned_loopback && peer.ip().is_loopback()) {
+        return error_response(
+            &CallError::new(
+                hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode::Unauthorized,
+                "downloads over plain HTTP are for the local operator; use file.read",
+            ),
+            "",
+        );
+    }
+    if let Some(name) = q.get("name")
+        && let Err(e) = crate::blobs::validate_name(name)
+    {
+        return error_response(&CallError::bad_request(e.to_string()), "");
+    }
+    let Some(store) = state.blobs.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let range = header(&headers, "range").map(str::to_string);
+    let c = cid.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let size = store.stat(&c)?.size;
+        let (start, end) = match range.as_deref().and_then(parse_range) {
+            Some((a, b)) => (a.min(size), b.map_or(size, |b| (b + 1).min(size))),
+            None => (0, size),
+        };
+        if start > end {
+            return Err(crate::blobs::BlobError::Range { start, end, size });
+        }
+        Ok((
+            store.read_bytes(&c, start, end)?,
+            start,
+            end,
+            size,
+            range.is_some(),
+        ))
+    })
+    .await;
+    match result {
+        Ok(Ok((data, start, end, size, partial))) => {
+            let mut resp = (
+                if partial {
+                    StatusCode::PARTIAL_CONTENT
+                } else {
+                    StatusCode::OK
+                },
+                data,
+            )
+                .into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if partial
+                && end > start
+                && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1))
+            {
+                h.insert("content-range", v);
+            }
+            if let Some(name) = q.get("name")
+                && let Ok(v) = HeaderValue::from_str(&format!(
+                    "attachment; filename=\"{}\"",
+                    name.replace('"', "")
+                ))
+            {
+                h.insert("content-disposition", v);
+            }
+            resp
+        }
+        Ok(Err(crate::blobs::BlobError::NotFound(_))) => error_response(
+            &CallError::new(
+                hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode::NotFound,
+                format!("no blob {cid}"),
+            ),
+            "",
+        ),
+        Ok(Err(crate::blobs::BlobError::Range { .. })) => {
+            StatusCode::RANGE_NOT_SATISFIABLE.into_response()
+        }
+        Ok(Err(e)) => error_response(&CallError::internal(e.to_string()), ""),
+        Err(e) => error_response(&CallError::internal(e.to_string()), ""),
+    }
+}
+
+/// `bytes=a-b` or `bytes=a-` (one range).
+fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
+    let a = a.trim().parse().ok()?;
+    let b = b.trim();
+    Some((
+        a,
+        if b.is_empty() {
+            None
+        } else {
+            Some(b.parse().ok()?)
+        },
+    ))
 }
 
 async fn manifest(State(state): State<HttpState>) -> Response {
