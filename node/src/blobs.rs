@@ -248,23 +248,36 @@ fn write_sparse(file: &File, pos: u64, buf: &[u8]) -> std::io::Result<()> {
 }
 
 /// Copies what it reads to a file (sparse) in 1 MiB steps, so hashing and
-/// writing share one pass over the data.
-struct Tee<'f, R> {
+/// writing share one pass over the data; the writes run on a second thread
+/// while the caller hashes.
+struct Tee<R> {
     inner: R,
-    file: &'f File,
-    buf: Vec<u8>,
-    filled: usize,
+    tx: Option<std::sync::mpsc::SyncSender<(u64, std::sync::Arc<Vec<u8>>)>>,
+    /// Buffers the writer is done with, for reuse.
+    spare: std::sync::mpsc::Receiver<std::sync::Arc<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    buf: std::sync::Arc<Vec<u8>>,
     used: usize,
     written: u64,
 }
 
-impl<'f, R: Read> Tee<'f, R> {
-    fn new(inner: R, file: &'f File) -> Self {
+impl<R: Read> Tee<R> {
+    fn new(inner: R, file: File) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, std::sync::Arc<Vec<u8>>)>(4);
+        let (spare_tx, spare) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            for (pos, buf) in rx {
+                write_sparse(&file, pos, &buf)?;
+                let _ = spare_tx.send(buf);
+            }
+            Ok(())
+        });
         Self {
             inner,
-            file,
-            buf: vec![0; 1 << 20],
-            filled: 0,
+            tx: Some(tx),
+            spare,
+            writer: Some(writer),
+            buf: std::sync::Arc::new(Vec::new()),
             used: 0,
             written: 0,
         }
@@ -272,31 +285,69 @@ impl<'f, R: Read> Tee<'f, R> {
 
     /// Whether the source still has bytes after the ones consumed.
     fn has_more(&mut self) -> std::io::Result<bool> {
-        if self.used < self.filled {
+        if self.used < self.buf.len() {
             return Ok(true);
         }
         let mut one = [0u8; 1];
         Ok(self.inner.read(&mut one)? > 0)
     }
+
+    /// Waits for every write; the first write error, if any.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.tx = None;
+        match self.writer.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("blob writer thread panicked")),
+            None => Ok(()),
+        }
+    }
 }
 
-impl<R: Read> Read for Tee<'_, R> {
+impl<R> Drop for Tee<R> {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.used == self.filled {
+        if self.used == self.buf.len() {
+            let mut next = self
+                .spare
+                .try_iter()
+                .find_map(|b| std::sync::Arc::try_unwrap(b).ok())
+                .unwrap_or_default();
+            next.resize(1 << 20, 0);
             let mut n = 0;
-            while n < self.buf.len() {
-                let k = self.inner.read(&mut self.buf[n..])?;
+            while n < next.len() {
+                let k = self.inner.read(&mut next[n..])?;
                 if k == 0 {
                     break;
                 }
                 n += k;
             }
-            write_sparse(self.file, self.written, &self.buf[..n])?;
-            self.written += n as u64;
-            self.filled = n;
+            next.truncate(n);
+            self.buf = std::sync::Arc::new(next);
             self.used = 0;
+            if n > 0 {
+                let sent = self
+                    .tx
+                    .as_ref()
+                    .is_some_and(|tx| tx.send((self.written, self.buf.clone())).is_ok());
+                if !sent {
+                    // The writer stopped: report its error.
+                    return Err(self
+                        .finish()
+                        .err()
+                        .unwrap_or_else(|| std::io::Error::other("blob writer stopped")));
+                }
+            }
+            self.written += n as u64;
         }
-        let k = out.len().min(self.filled - self.used);
+        let k = out.len().min(self.buf.len() - self.used);
         out[..k].copy_from_slice(&self.buf[self.used..self.used + k]);
         self.used += k;
         Ok(k)
@@ -375,6 +426,53 @@ pub struct Partial {
     paths: [PathBuf; 3],
 }
 
+/// Verifies and writes chunks of one [`Partial`] on its own file handles.
+/// Writers of one partial write disjoint chunk ranges; the parent hashes they
+/// share are verified values, identical whoever writes them.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    hash: blake3::Hash,
+    size: u64,
+    data: File,
+    outboard: PostOrderOutboard<File>,
+}
+
+impl ChunkWriter {
+    /// Checks chunk `i`, encoded as a verified stream against the blob CID,
+    /// group by group, writing each good group (see
+    /// [`Partial::accept_verified`]).
+    pub fn verify_and_write(&mut self, i: u32, encoded: &[u8]) -> Result<(), BlobError> {
+        if self.size == 0 {
+            return Ok(());
+        }
+        let (start, end) = chunk_range(self.size, i);
+        if start >= end {
+            return Err(BlobError::Range {
+                start,
+                end,
+                size: self.size,
+            });
+        }
+        let corrupt = |offset| BlobError::Corrupt {
+            cid: cid_text(&self.hash),
+            offset,
+        };
+        match decode_ranges(
+            encoded,
+            &chunks(start, end),
+            &mut self.data,
+            &mut self.outboard,
+        ) {
+            Ok(()) => Ok(()),
+            Err(DecodeError::LeafHashMismatch(c)) => Err(corrupt(c.0 * 1024)),
+            Err(DecodeError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+                Err(BlobError::Io(e))
+            }
+            Err(_) => Err(corrupt(start)),
+        }
+    }
+}
+
 impl Partial {
     /// The blob CID.
     pub fn cid(&self) -> String {
@@ -426,27 +524,41 @@ impl Partial {
     /// groups before it stay written, the chunk stays missing, and the error
     /// names the first bad byte.
     pub fn accept_verified(&mut self, i: u32, encoded: &[u8]) -> Result<(), BlobError> {
-        let (start, end) = self.check_index(i)?;
-        if self.size == 0 {
-            return self.mark(i);
-        }
-        let corrupt = |offset| BlobError::Corrupt {
-            cid: cid_text(&self.hash),
-            offset,
+        self.check_index(i)?;
+        let mut w = ChunkWriter {
+            hash: self.hash,
+            size: self.size,
+            data: self.data.try_clone()?,
+            outboard: PostOrderOutboard {
+                root: self.hash,
+                tree: self.outboard.tree,
+                data: self.outboard.data.try_clone()?,
+            },
         };
-        match decode_ranges(
-            encoded,
-            &chunks(start, end),
-            &mut self.data,
-            &mut self.outboard,
-        ) {
-            Ok(()) => self.mark(i),
-            Err(DecodeError::LeafHashMismatch(c)) => Err(corrupt(c.0 * 1024)),
-            Err(DecodeError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
-                Err(BlobError::Io(e))
-            }
-            Err(_) => Err(corrupt(start)),
-        }
+        w.verify_and_write(i, encoded)?;
+        self.mark(i)
+    }
+
+    /// A writer that verifies and writes chunks on its own file handles, so
+    /// several chunks can be checked at once; record each with
+    /// [`Partial::mark_received`].
+    pub fn writer(&self) -> Result<ChunkWriter, BlobError> {
+        Ok(ChunkWriter {
+            hash: self.hash,
+            size: self.size,
+            data: self.data.try_clone()?,
+            outboard: PostOrderOutboard {
+                root: self.hash,
+                tree: self.outboard.tree,
+                data: self.outboard.data.try_clone()?,
+            },
+        })
+    }
+
+    /// Records chunk `i` as verified and written by a [`ChunkWriter`].
+    pub fn mark_received(&mut self, i: u32) -> Result<(), BlobError> {
+        self.check_index(i)?;
+        self.mark(i)
     }
 
     /// Accepts chunk `i` as plain data with its chunk CID (FILE-009): the
@@ -559,8 +671,9 @@ impl BlobStore {
         let (tmp, ob) = self.tmp_paths();
         let result = (|| {
             let file = File::create(&tmp)?;
-            let mut tee = Tee::new(&mut reader, &file);
+            let mut tee = Tee::new(&mut reader, file.try_clone()?);
             std::io::copy(&mut tee, &mut std::io::sink())?;
+            tee.finish()?;
             let size = tee.written;
             file.set_len(size)?;
             let tree = BaoTree::new(size, block());
@@ -580,11 +693,12 @@ impl BlobStore {
         let (tmp, ob) = self.tmp_paths();
         let result = (|| {
             let file = File::create(&tmp)?;
-            let mut tee = Tee::new(reader, &file);
+            let mut tee = Tee::new(reader, file.try_clone()?);
             let tree = BaoTree::new(size, block());
             let mut w = std::io::BufWriter::with_capacity(1 << 16, File::create(&ob)?);
             let root = bao_tree::io::sync::outboard_post_order(&mut tee, tree, &mut w)?;
             w.flush()?;
+            tee.finish()?;
             if tee.has_more()? {
                 return Err(BlobError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

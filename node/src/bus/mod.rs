@@ -1159,6 +1159,7 @@ impl Bus {
                 )
             })?
             .tcp_nodelay(true)
+            .http2_adaptive_window(true)
             .connect_timeout(Duration::from_secs(3))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .connect_lazy();

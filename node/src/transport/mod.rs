@@ -145,6 +145,7 @@ pub async fn serve(
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Some(Duration::from_secs(30)))
+                .adaptive_window(true)
                 .max_header_list_size(64 * 1024);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
