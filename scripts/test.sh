@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "default models (provisioned once into ~/.cache/hearthnet/models)"
+cargo run --quiet --locked -p hearthnet -- models fetch
+
 step "cargo nextest"
 CORPUS_OUT="$(mktemp -d)/differential.json"
 HEARTHNET_CORPUS_OUT="$CORPUS_OUT" cargo nextest run --workspace --locked --no-fail-fast --success-output final --failure-output final \

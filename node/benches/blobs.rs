@@ -65,6 +65,7 @@ fn config(dir: &Path, trusted: &str) -> Config {
     c.discovery.mdns_enabled = false;
     c.discovery.udp_enabled = false;
     c.emergency.enabled = false;
+    c.models.enabled = false;
     c.paths.data_dir = Some(dir.to_path_buf());
     c.trust.trusted = vec![trusted.to_string()];
     c.file.min_free_bytes = 0;

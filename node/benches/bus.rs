@@ -171,6 +171,7 @@ fn main() {
         config.transport.port = 0;
         config.paths.data_dir = Some(dir.clone());
         config.emergency.enabled = false;
+        config.models.enabled = false;
         let key = SecretKey::from_seed([7; 32]);
         let node = NodeBuilder::new(config).key(SecretKey::from_seed([7; 32])).start().await.unwrap();
         let signed = Client::connect(&node.url(), key).await.unwrap();

@@ -52,6 +52,7 @@ fn config(dir: &std::path::Path, community: &str) -> Config {
     c.discovery.mdns_enabled = false;
     c.discovery.udp_enabled = false;
     c.emergency.enabled = false;
+    c.models.enabled = false;
     c.paths.data_dir = Some(dir.to_path_buf());
     c.community.community_id = Some(community.to_string());
     c.community.sync_interval_seconds = 86_400;

@@ -91,6 +91,8 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Embedding model.
     pub embedding: EmbeddingConfig,
+    /// Local models and their provisioning.
+    pub models: ModelsConfig,
     /// Retrieval.
     pub rag: RagConfig,
     /// Blob store.
@@ -314,19 +316,60 @@ pub struct LlmBackend {
 }
 
 /// `[llm]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
     /// Backends; empty means the default local model.
     pub backends: Vec<LlmBackend>,
+    /// Name of the local model, as advertised (the publisher's identifier).
+    pub model: String,
+    /// GGUF file of the local model. Default: the provisioned SmolLM2.
+    pub model_path: Option<PathBuf>,
+    /// System message for chats that bring none; empty uses the chat
+    /// template's own default.
+    pub system_prompt: String,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            backends: Vec::new(),
+            model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+            model_path: None,
+            system_prompt: "You are a helpful assistant.".into(),
+        }
+    }
+}
+
+/// `[models]`: local models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Load local models (and provision the defaults on `hearthnet run`).
+    pub enabled: bool,
+    /// Where provisioned models live. Default `<CACHE>/models`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+        }
+    }
 }
 
 /// `[embedding]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbeddingConfig {
-    /// Model id.
+    /// Model id, as advertised (the publisher's identifier).
     pub model: String,
+    /// Directory with `model.safetensors`, `config.json` and
+    /// `tokenizer.json` (any BERT encoder, e.g. bge-small). Default: the
+    /// provisioned all-MiniLM-L6-v2.
+    pub model_path: Option<PathBuf>,
     /// `cpu`, `cuda` or `auto`.
     pub device: String,
 }
@@ -334,7 +377,8 @@ pub struct EmbeddingConfig {
 impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {
-            model: "BAAI/bge-small-en-v1.5".into(),
+            model: "sentence-transformers/all-MiniLM-L6-v2".into(),
+            model_path: None,
             device: "auto".into(),
         }
     }
@@ -943,6 +987,14 @@ impl Config {
         Ok(Some(
             self.data_dir()?.join("communities").join(&h.as_str()[..16]),
         ))
+    }
+
+    /// The directory of provisioned models.
+    pub fn models_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.models.dir {
+            Some(p) => Ok(p.clone()),
+            None => Ok(self.cache_dir()?.join("models")),
+        }
     }
 
     /// The blob directory.

@@ -15,6 +15,8 @@ pub mod discovery;
 pub mod emergency;
 pub mod error;
 pub mod events;
+#[cfg(feature = "models")]
+pub mod models;
 pub mod node;
 pub mod obs;
 pub mod services;

@@ -57,6 +57,9 @@ enum Command {
         /// Override transport.port.
         #[arg(long)]
         port: Option<u16>,
+        /// Do not provision or load local models (no embed.text, llm.chat).
+        #[arg(long)]
+        no_models: bool,
     },
     /// Call a capability on the running node and print each response frame as JSON.
     #[command(after_help = EXIT_HELP)]
@@ -100,10 +103,20 @@ enum Command {
     /// Configuration commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Local model commands.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// List every capability of the protocol this build knows (no node needed).
     Registry,
     /// Print the node, protocol and descriptor versions.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download and unpack the default models (SmolLM2-135M-Instruct,
+    /// all-MiniLM-L6-v2) into the model directory, with progress.
+    Fetch,
 }
 
 #[derive(Subcommand)]
@@ -237,7 +250,18 @@ async fn unary<Req: Message, Resp: Message + Default>(
 async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathBuf>) -> ExitCode {
     match command {
         Command::Init { name, force } => init(loaded, config_path, name, force),
-        Command::Run { json_logs, port } => run(loaded, json_logs, port).await,
+        Command::Run {
+            json_logs,
+            port,
+            no_models,
+        } => run(loaded, json_logs, port, no_models).await,
+        Command::Models(ModelsCommand::Fetch) => match provision_models(&loaded.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Call {
             capability,
             json,
@@ -418,7 +442,29 @@ fn init(
     }
 }
 
-async fn run(loaded: Loaded, json_logs: bool, port: Option<u16>) -> ExitCode {
+/// Provisions the default models the configuration uses (those without an
+/// explicit path), showing progress.
+fn provision_models(config: &hearthnet_node::config::Config) -> Result<(), String> {
+    #[cfg(feature = "models")]
+    {
+        use hearthnet_node::models::provision::{self, MINILM, SMOLLM2};
+        let root = config.models_dir().map_err(|e| e.to_string())?;
+        if config.embedding.model_path.is_none() && config.embedding.model == MINILM.name {
+            provision::provision(&root, &MINILM, true).map_err(|e| e.to_string())?;
+        }
+        if config.llm.model_path.is_none() && config.llm.model == SMOLLM2.name {
+            provision::provision(&root, &SMOLLM2, true).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "models"))]
+    {
+        let _ = config;
+        Err("this build has no local models (feature `models` is off)".into())
+    }
+}
+
+async fn run(loaded: Loaded, json_logs: bool, port: Option<u16>, no_models: bool) -> ExitCode {
     let mut config = loaded.config;
     hearthnet_node::obs::init_logging(
         &config.observability.log_level,
@@ -426,6 +472,18 @@ async fn run(loaded: Loaded, json_logs: bool, port: Option<u16>) -> ExitCode {
     );
     if let Some(p) = port {
         config.transport.port = p;
+    }
+    if no_models {
+        config.models.enabled = false;
+    }
+    if config.models.enabled {
+        // First run: fetch the default small models (progress on stderr).
+        let c = config.clone();
+        match tokio::task::spawn_blocking(move || provision_models(&c)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: {e}; the node starts without local models"),
+            Err(e) => eprintln!("warning: model provisioning failed: {e}"),
+        }
     }
     let node = match NodeBuilder::new(config).start().await {
         Ok(n) => n,

@@ -235,6 +235,10 @@ impl NodeBuilder {
             },
         );
         bus.register(files.clone())?;
+        #[cfg(feature = "models")]
+        for s in crate::services::local_models(&config).await {
+            bus.register(s)?;
+        }
         for s in self.services {
             bus.register(s)?;
         }

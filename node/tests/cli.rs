@@ -37,6 +37,7 @@ fn start(home: &Path) -> (Child, String) {
         .env("HEARTHNET__DISCOVERY__MDNS_ENABLED", "false")
         .env("HEARTHNET__DISCOVERY__UDP_ENABLED", "false")
         .env("HEARTHNET__EMERGENCY__ENABLED", "false")
+        .env("HEARTHNET__MODELS__ENABLED", "false")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

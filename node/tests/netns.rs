@@ -166,6 +166,7 @@ fn envs(c: &mut Command, dir: &Path, host: &str, port: u16, root: &str, mode: Mo
         )
         .env("HEARTHNET__DISCOVERY__REFRESH_SECONDS", "1")
         .env("HEARTHNET__EMERGENCY__ENABLED", "false")
+        .env("HEARTHNET__MODELS__ENABLED", "false")
         .env("HEARTHNET__DISCOVERY__PRUNE_SECONDS", "4")
         .env("RUST_LOG", "warn");
 }

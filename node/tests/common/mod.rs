@@ -26,6 +26,8 @@ pub fn config(dir: &std::path::Path) -> Config {
     c.discovery.mdns_enabled = false;
     c.discovery.udp_enabled = false;
     c.emergency.enabled = false;
+    // Tests that need models turn them on; the rest start fast.
+    c.models.enabled = false;
     c.paths.data_dir = Some(dir.to_path_buf());
     c
 }
