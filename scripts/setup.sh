@@ -10,14 +10,16 @@ JSONSCHEMA_VERSION="4.26.0"
 PYNACL_VERSION="1.6.2"
 BLAKE3_VERSION="1.0.11"
 PROTOBUF_VERSION="7.36.2"
+OPENAI_VERSION="3.60.0"
 BUF_VERSION="1.75.0"
 mkdir -p "$TOOLS"
 
-if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import jsonschema, nacl, blake3, google.protobuf" 2>/dev/null; then
-  echo "setup: installing jsonschema, pynacl, blake3 and protobuf into $TOOLS/venv"
+if [ ! -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c "import jsonschema, nacl, blake3, google.protobuf, openai" 2>/dev/null; then
+  echo "setup: installing jsonschema, pynacl, blake3, protobuf and openai into $TOOLS/venv"
   [ -x "$TOOLS/venv/bin/python" ] || python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check \
-    "jsonschema==$JSONSCHEMA_VERSION" "pynacl==$PYNACL_VERSION" "blake3==$BLAKE3_VERSION" "protobuf==$PROTOBUF_VERSION"
+    "jsonschema==$JSONSCHEMA_VERSION" "pynacl==$PYNACL_VERSION" "blake3==$BLAKE3_VERSION" "protobuf==$PROTOBUF_VERSION" \
+    "openai==$OPENAI_VERSION"
 fi
 
 if [ ! -x "$TOOLS/npm/node_modules/.bin/buf" ]; then

@@ -306,3 +306,35 @@ async fn a_chat_from_a_node_without_models_is_served_by_a_peer() {
         "served by B: {traces:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_uses_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = model_node(1, dir.path()).await;
+    let tools = std::env::var_os("HEARTHNET_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            directories::BaseDirs::new()
+                .unwrap()
+                .cache_dir()
+                .join("hearthnet")
+                .join("tools")
+        });
+    let python = tools.join("venv").join("bin").join("python");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/openai_check.py");
+    let base = format!("http://{}/v1", node.addr());
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&base)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{} (run scripts/setup.sh): {e}", python.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("openai_check: ok"), "{text}");
+}

@@ -5,6 +5,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod openai;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,9 +56,13 @@ pub fn app(bus: Bus, state: HttpState) -> axum::Router {
     if let Some(r) = reflection {
         routes = routes.add_service(r);
     }
-    routes.into_axum_router().merge(http::router(state)).layer(
-        axum::extract::DefaultBodyLimit::max(k::BUS_MAX_MESSAGE_BYTES as usize),
-    )
+    routes
+        .into_axum_router()
+        .merge(http::router(state.clone()))
+        .merge(openai::router(state))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            k::BUS_MAX_MESSAGE_BYTES as usize,
+        ))
 }
 
 /// The descriptors of what this server actually serves over gRPC: the bus
