@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -59,14 +61,7 @@ fn best(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
 }
 
 fn config(dir: &Path, trusted: &str) -> Config {
-    let mut c = Config::default();
-    c.transport.host = "127.0.0.1".into();
-    c.transport.port = 0;
-    c.discovery.mdns_enabled = false;
-    c.discovery.udp_enabled = false;
-    c.emergency.enabled = false;
-    c.models.enabled = false;
-    c.paths.data_dir = Some(dir.to_path_buf());
+    let mut c = common::loopback_config(dir);
     c.trust.trusted = vec![trusted.to_string()];
     c.file.min_free_bytes = 0;
     c

@@ -14,6 +14,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -46,14 +48,7 @@ fn post(n: u64) -> Vec<u8> {
 }
 
 fn config(dir: &std::path::Path, community: &str) -> Config {
-    let mut c = Config::default();
-    c.transport.host = "127.0.0.1".into();
-    c.transport.port = 0;
-    c.discovery.mdns_enabled = false;
-    c.discovery.udp_enabled = false;
-    c.emergency.enabled = false;
-    c.models.enabled = false;
-    c.paths.data_dir = Some(dir.to_path_buf());
+    let mut c = common::loopback_config(dir);
     c.community.community_id = Some(community.to_string());
     c.community.sync_interval_seconds = 86_400;
     c

@@ -11,12 +11,13 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::time::Instant;
 
 use prost::Message;
 
 use hearthnet_node::NodeBuilder;
-use hearthnet_node::config::Config;
 use hearthnet_node::models::bert::Embedder;
 use hearthnet_node::models::gguf::{ChatModel, Sampler};
 use hearthnet_node::models::provision::{self, MINILM, SMOLLM2};
@@ -68,7 +69,9 @@ fn main() {
     }
     let embedder = Embedder::load(&minilm).unwrap();
     let texts: Vec<String> = (0..32)
-        .map(|i| format!("Sentence number {i} about neighbours sharing ladders, bread and bicycles."))
+        .map(|i| {
+            format!("Sentence number {i} about neighbours sharing ladders, bread and bicycles.")
+        })
         .collect();
     let t = Instant::now();
     let reps = if quick { 3 } else { 10 };
@@ -87,13 +90,8 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.transport.host = "127.0.0.1".into();
-        c.transport.port = 0;
-        c.discovery.mdns_enabled = false;
-        c.discovery.udp_enabled = false;
-        c.emergency.enabled = false;
-        c.paths.data_dir = Some(dir.path().to_path_buf());
+        let mut c = common::loopback_config(dir.path());
+        c.models.enabled = true;
         c.models.dir = Some(root.clone());
         let node = NodeBuilder::new(c)
             .key(SecretKey::from_seed([1; 32]))

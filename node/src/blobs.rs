@@ -525,17 +525,7 @@ impl Partial {
     /// names the first bad byte.
     pub fn accept_verified(&mut self, i: u32, encoded: &[u8]) -> Result<(), BlobError> {
         self.check_index(i)?;
-        let mut w = ChunkWriter {
-            hash: self.hash,
-            size: self.size,
-            data: self.data.try_clone()?,
-            outboard: PostOrderOutboard {
-                root: self.hash,
-                tree: self.outboard.tree,
-                data: self.outboard.data.try_clone()?,
-            },
-        };
-        w.verify_and_write(i, encoded)?;
+        self.writer()?.verify_and_write(i, encoded)?;
         self.mark(i)
     }
 

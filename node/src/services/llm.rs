@@ -58,6 +58,23 @@ fn model_error(e: ModelError) -> CallError {
     }
 }
 
+/// Sampling settings with the defaults of LLM-009; no seed picks one.
+fn sampler(
+    max_tokens: u32,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<i64>,
+    stop: Vec<String>,
+) -> Sampler {
+    Sampler {
+        max_tokens,
+        temperature: f64::from(temperature.unwrap_or(TEMPERATURE)),
+        top_p: f64::from(top_p.unwrap_or(TOP_P)),
+        seed: seed.map_or_else(rand::random, |s| s as u64),
+        stop,
+    }
+}
+
 /// One generation request, from either capability.
 struct Job {
     prompt: String,
@@ -156,13 +173,13 @@ impl LlmService {
                     .map_err(model_error)?;
                 Job {
                     prompt,
-                    sampler: Sampler {
-                        max_tokens: input.max_tokens.unwrap_or(CHAT_MAX_TOKENS),
-                        temperature: f64::from(input.temperature.unwrap_or(TEMPERATURE)),
-                        top_p: f64::from(input.top_p.unwrap_or(TOP_P)),
-                        seed: input.seed.map_or_else(rand::random, |s| s as u64),
-                        stop: input.stop,
-                    },
+                    sampler: sampler(
+                        input.max_tokens.unwrap_or(CHAT_MAX_TOKENS),
+                        input.temperature,
+                        input.top_p,
+                        input.seed,
+                        input.stop,
+                    ),
                     stream: input.stream.unwrap_or(true),
                     chat: true,
                 }
@@ -178,13 +195,13 @@ impl LlmService {
                 }
                 Job {
                     prompt: input.prompt,
-                    sampler: Sampler {
-                        max_tokens: input.max_tokens.unwrap_or(COMPLETE_MAX_TOKENS),
-                        temperature: f64::from(input.temperature.unwrap_or(TEMPERATURE)),
-                        top_p: f64::from(input.top_p.unwrap_or(TOP_P)),
-                        seed: input.seed.map_or_else(rand::random, |s| s as u64),
-                        stop: input.stop,
-                    },
+                    sampler: sampler(
+                        input.max_tokens.unwrap_or(COMPLETE_MAX_TOKENS),
+                        input.temperature,
+                        input.top_p,
+                        input.seed,
+                        input.stop,
+                    ),
                     stream: input.stream.unwrap_or(true),
                     chat: false,
                 }

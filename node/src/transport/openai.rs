@@ -59,6 +59,24 @@ fn local_only(state: &HttpState, peer: SocketAddr) -> Option<Response> {
     })
 }
 
+/// The operator's request body: refused from other hosts, then parsed.
+fn parse_local<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    peer: SocketAddr,
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    if let Some(r) = local_only(state, peer) {
+        return Err(Box::new(r));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            e.to_string(),
+        ))
+    })
+}
+
 /// Model names from the `llm.chat` and `embed.text` offers of this node
 /// and its peers.
 async fn models(
@@ -119,18 +137,9 @@ async fn embeddings(
     Extension(PeerAddr(peer)): Extension<PeerAddr>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = local_only(&state, peer) {
-        return r;
-    }
-    let body: EmbeddingsBody = match serde_json::from_slice(&body) {
+    let body: EmbeddingsBody = match parse_local(&state, peer, &body) {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                e.to_string(),
-            );
-        }
+        Err(r) => return *r,
     };
     let texts = match body.input {
         Texts::One(t) => vec![t],
@@ -236,18 +245,9 @@ async fn chat(
     Extension(PeerAddr(peer)): Extension<PeerAddr>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = local_only(&state, peer) {
-        return r;
-    }
-    let body: ChatBody = match serde_json::from_slice(&body) {
+    let body: ChatBody = match parse_local(&state, peer, &body) {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                e.to_string(),
-            );
-        }
+        Err(r) => return *r,
     };
     let mut messages = Vec::new();
     for m in body.messages {
