@@ -389,6 +389,7 @@ pub struct BlobStore {
     db: Database,
     index: Keyspace,
     chunk_index: Keyspace,
+    origins: Keyspace,
     quota: u64,
     fsync: bool,
 }
@@ -586,11 +587,13 @@ impl BlobStore {
         let db = Database::builder(dir.join("index")).open()?;
         let index = db.keyspace("blobs", KeyspaceCreateOptions::default)?;
         let chunk_index = db.keyspace("chunks", KeyspaceCreateOptions::default)?;
+        let origins = db.keyspace("origins", KeyspaceCreateOptions::default)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             db,
             index,
             chunk_index,
+            origins,
             quota,
             fsync: false,
         })
@@ -670,7 +673,7 @@ impl BlobStore {
             let mut w = std::io::BufWriter::with_capacity(1 << 16, File::create(&ob)?);
             let root = bao_tree::io::sync::outboard_post_order(File::open(&tmp)?, tree, &mut w)?;
             w.flush()?;
-            self.commit(&tmp, &ob, root, size)
+            self.commit(&tmp, &ob, root, size, "local")
         })();
         let _ = fs::remove_file(&tmp);
         let _ = fs::remove_file(&ob);
@@ -696,7 +699,7 @@ impl BlobStore {
                 )));
             }
             file.set_len(size)?;
-            self.commit(&tmp, &ob, root, size)
+            self.commit(&tmp, &ob, root, size, "local")
         })();
         let _ = fs::remove_file(&tmp);
         let _ = fs::remove_file(&ob);
@@ -711,13 +714,14 @@ impl BlobStore {
     }
 
     /// Moves a verified data file and its outboard into place and indexes
-    /// the blob (a no-op when it is already held).
+    /// the blob with where it came from (a no-op when it is already held).
     fn commit(
         &self,
         data: &Path,
         ob: &Path,
         hash: blake3::Hash,
         size: u64,
+        origin: &str,
     ) -> Result<String, BlobError> {
         let key = *hash.as_bytes();
         if self.index.contains_key(key)? {
@@ -746,6 +750,7 @@ impl BlobStore {
             batch = batch.durability(Some(PersistMode::SyncData));
         }
         batch.insert(&self.index, key, info.encode());
+        batch.insert(&self.origins, key, origin.as_bytes());
         batch.commit()?;
         Ok(cid_text(&hash))
     }
@@ -757,6 +762,26 @@ impl BlobStore {
             .get(hash.as_bytes())?
             .and_then(|v| BlobInfo::decode(&v))
             .ok_or_else(|| BlobError::NotFound(cid.to_string()))
+    }
+
+    /// Where a held blob came from: `local` (stored on this node), `put by
+    /// <NodeID>`, `fetched`, or what [`BlobStore::set_origin`] recorded.
+    pub fn origin(&self, cid: &str) -> Result<String, BlobError> {
+        let hash = parse_cid(cid)?;
+        self.stat(cid)?;
+        Ok(self
+            .origins
+            .get(hash.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default())
+    }
+
+    /// Records where a held blob came from.
+    pub fn set_origin(&self, cid: &str, origin: &str) -> Result<(), BlobError> {
+        let hash = parse_cid(cid)?;
+        self.stat(cid)?;
+        self.origins.insert(hash.as_bytes(), origin.as_bytes())?;
+        Ok(())
     }
 
     /// Every stored blob, by CID.
@@ -940,6 +965,7 @@ impl BlobStore {
         let hash = parse_cid(cid)?;
         let info = self.stat(cid)?;
         self.index.remove(hash.as_bytes())?;
+        self.origins.remove(hash.as_bytes())?;
         let (path, obao) = self.paths(&hash);
         let side = path.with_extension("cids");
         if let Ok(raw) = fs::read(&side) {
@@ -1064,7 +1090,12 @@ impl BlobStore {
             return Err(BlobError::Corrupt { cid, offset: 0 });
         }
         let [data, ob, state] = &partial.paths;
-        let result = self.commit(data, ob, partial.hash, partial.size);
+        let origin = if partial.owner.is_empty() {
+            "fetched".to_string()
+        } else {
+            format!("put by {}", partial.owner)
+        };
+        let result = self.commit(data, ob, partial.hash, partial.size, &origin);
         for p in [data, ob, state] {
             let _ = fs::remove_file(p);
         }
@@ -1277,6 +1308,8 @@ mod tests {
         }
         assert_eq!(b.finish(p).unwrap(), cid);
         assert_eq!(b.read(&cid).unwrap(), data);
+        assert_eq!(a.origin(&cid).unwrap(), "local");
+        assert_eq!(b.origin(&cid).unwrap(), "fetched");
         // Chunk CIDs (FILE-008) and chunk lookups (FILE-001).
         let cids = b.chunk_cids(&cid).unwrap();
         assert_eq!(cids.len(), 6);
@@ -1315,6 +1348,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.finish(p).unwrap(), cid);
+        assert_eq!(store.origin(&cid).unwrap(), "put by caller");
         // Chunks that each match their own CID but not the blob CID.
         let other = bytes(CHUNK_BYTES as usize + 8);
         let mut p = store

@@ -568,6 +568,11 @@ async fn downloads_use_two_holders_and_refetch_a_corrupted_chunk() {
     );
     assert_eq!(c.files().store().read(&blob).unwrap(), data);
     assert_eq!(c.files().store().stat(&blob).unwrap().pins, 1);
+    let origin = c.files().store().origin(&blob).unwrap();
+    assert!(
+        origin.starts_with("fetched from ") && origin.contains(&id(2)),
+        "{origin}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -587,9 +587,11 @@ impl Files {
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
         let store = self.store.clone();
+        let from: Vec<String> = report.per_holder.keys().cloned().collect();
         blocking(move || {
             let cid = store.finish(partial)?;
             store.pin(&cid)?;
+            store.set_origin(&cid, &format!("fetched from {}", from.join(",")))?;
             Ok(())
         })
         .await?;
