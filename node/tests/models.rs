@@ -338,3 +338,43 @@ async fn the_official_openai_client_uses_the_node() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("openai_check: ok"), "{text}");
 }
+
+#[test]
+fn generation_stops_at_the_first_token_after_a_cancel() {
+    use hearthnet_node::models::gguf::{ChatModel, Sampler, Stop};
+    let path = hearthnet_node::models::provision::find(
+        &models_dir(),
+        &hearthnet_node::models::provision::SMOLLM2,
+    )
+    .expect("run `hearthnet models fetch`")
+    .join(hearthnet_node::models::provision::SMOLLM2.files[0]);
+    let mut m = ChatModel::load(&path).unwrap();
+    let prompt = m
+        .render(&[("user".into(), "Write a long story about a dragon.".into())])
+        .unwrap();
+    let ids = m.encode(&prompt).unwrap();
+    let s = Sampler {
+        max_tokens: 500,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 7,
+        stop: Vec::new(),
+    };
+    // The caller goes away after three pieces of text (LLM-016).
+    let mut pieces = 0;
+    let (n, stop) = m
+        .generate(&ids, &s, |_| {
+            pieces += 1;
+            pieces < 3
+        })
+        .unwrap();
+    assert_eq!(stop, Stop::Cancelled);
+    assert!(n <= 4, "{n} tokens generated after the cancel");
+    // The prompt must fit the context window with max_tokens (LLM-005).
+    let too_long = Sampler {
+        max_tokens: u32::try_from(m.ctx()).unwrap(),
+        ..s
+    };
+    let e = m.generate(&ids, &too_long, |_| true).unwrap_err();
+    assert!(e.to_string().contains("context window"), "{e}");
+}
