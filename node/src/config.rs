@@ -93,6 +93,8 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     /// Local models and their provisioning.
     pub models: ModelsConfig,
+    /// Reranking.
+    pub rerank: RerankConfig,
     /// Retrieval.
     pub rag: RagConfig,
     /// Blob store.
@@ -380,6 +382,27 @@ impl Default for EmbeddingConfig {
             model: "sentence-transformers/all-MiniLM-L6-v2".into(),
             model_path: None,
             device: "auto".into(),
+        }
+    }
+}
+
+/// `[rerank]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankConfig {
+    /// Name of the cross-encoder, as advertised (its publisher's identifier).
+    pub model: String,
+    /// Directory with a cross-encoder (`model.safetensors` in
+    /// BertForSequenceClassification layout, `config.json`,
+    /// `tokenizer.json`). Unset: the BM25 fallback `hearthnet/bm25`.
+    pub model_path: Option<PathBuf>,
+}
+
+impl Default for RerankConfig {
+    fn default() -> Self {
+        Self {
+            model: "cross-encoder/ms-marco-MiniLM-L-6-v2".into(),
+            model_path: None,
         }
     }
 }

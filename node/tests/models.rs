@@ -378,3 +378,58 @@ fn generation_stops_at_the_first_token_after_a_cancel() {
     let e = m.generate(&ids, &too_long, |_| true).unwrap_err();
     assert!(e.to_string().contains("context window"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_text_orders_documents_with_the_fallback_scorer() {
+    use hearthnet_sdk::proto::hearthnet::rerank::v1 as rr;
+    let dir = tempfile::tempdir().unwrap();
+    let node = model_node(1, dir.path()).await;
+    let doc = |id: &str, text: &str| rr::RerankDocument {
+        id: id.into(),
+        text: text.into(),
+    };
+    let req = |model: &str, docs: Vec<rr::RerankDocument>, top_k: Option<u32>| rr::TextRequest {
+        params: Some(rr::TextParams {
+            model: model.into(),
+        }),
+        input: Some(rr::TextInput {
+            query: "where can I borrow a ladder".into(),
+            documents: docs,
+            top_k,
+        }),
+    };
+    let docs = vec![
+        doc("oven", "The community oven bakes bread on Sundays."),
+        doc(
+            "shed",
+            "Ladders and tools can be borrowed from the shed; ask to borrow a ladder.",
+        ),
+        doc("bike", "Bicycle repairs on Saturdays."),
+    ];
+    let r: rr::TextResponse = node
+        .bus()
+        .unary("rerank.text", "1.0", &req("", docs.clone(), Some(2)))
+        .await
+        .unwrap();
+    let ranked = r.output.unwrap().ranked;
+    assert_eq!(ranked.len(), 2, "top_k");
+    assert_eq!(ranked[0].id, "shed");
+    assert!(ranked[0].score > ranked[1].score);
+    assert_eq!(r.meta.unwrap().model, "hearthnet/bm25");
+    let e = node
+        .bus()
+        .unary::<_, rr::TextResponse>(
+            "rerank.text",
+            "1.0",
+            &req("BAAI/bge-reranker-v2-m3", docs, None),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.wire_name(), "model_not_found");
+    let e = node
+        .bus()
+        .unary::<_, rr::TextResponse>("rerank.text", "1.0", &req("", Vec::new(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code.wire_name(), "bad_request");
+}

@@ -102,62 +102,11 @@ impl Embedder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use candle_nn::VarMap;
-    use tokenizers::models::wordlevel::WordLevel;
-    use tokenizers::pre_tokenizers::whitespace::Whitespace;
-    use tokenizers::processors::template::TemplateProcessing;
-
-    /// A random-weight 2-layer BERT with a word-level tokenizer, written
-    /// the way a provisioned model is laid out.
-    fn tiny_model(dir: &Path) {
-        let config = serde_json::json!({
-            "vocab_size": 32, "hidden_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "intermediate_size": 128, "hidden_act": "gelu",
-            "hidden_dropout_prob": 0.0, "max_position_embeddings": 64, "type_vocab_size": 2,
-            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
-        });
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        let cfg: Config = serde_json::from_value(config).unwrap();
-        let vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-        BertModel::load(vb, &cfg).unwrap();
-        vars.save(dir.join("model.safetensors")).unwrap();
-        let mut vocab: std::collections::HashMap<String, u32> =
-            ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.to_string(), i as u32))
-                .collect();
-        for (i, w) in [
-            "cat", "kitten", "mat", "rug", "stock", "market", "a", "the", "on",
-        ]
-        .iter()
-        .enumerate()
-        {
-            vocab.insert(w.to_string(), 4 + i as u32);
-        }
-        let model = WordLevel::builder()
-            .vocab(vocab.into_iter().collect())
-            .unk_token("[UNK]".into())
-            .build()
-            .unwrap();
-        let mut tok = Tokenizer::new(model);
-        tok.with_pre_tokenizer(Some(Whitespace {}));
-        tok.with_post_processor(Some(
-            TemplateProcessing::builder()
-                .try_single("[CLS] $A [SEP]")
-                .unwrap()
-                .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
-                .build()
-                .unwrap(),
-        ));
-        tok.save(dir.join("tokenizer.json"), false).unwrap();
-    }
 
     #[test]
     fn padding_does_not_change_a_vector_and_normalisation_holds() {
         let dir = tempfile::tempdir().unwrap();
-        tiny_model(dir.path());
+        crate::models::fixtures::tiny_bert(dir.path(), false);
         let e = Embedder::load(dir.path()).unwrap();
         assert_eq!(e.dim(), 64);
         let alone = e.embed(&["a cat".into()], true).unwrap();

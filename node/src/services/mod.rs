@@ -9,6 +9,8 @@ pub mod files;
 #[cfg(feature = "models")]
 pub mod llm;
 pub mod market;
+#[cfg(feature = "models")]
+pub mod rerank;
 
 /// The services of the local models that are present: `embed.text` and
 /// `llm.chat`/`llm.complete`. A model whose files are missing is skipped
@@ -79,5 +81,27 @@ pub async fn local_models(
             "llm.chat not served: no model file (run `hearthnet models fetch` or set llm.model_path)"
         ),
     }
+    // rerank.text: a configured cross-encoder, else the BM25 fallback.
+    let cross = match config.rerank.model_path.clone() {
+        Some(dir) => {
+            match tokio::task::spawn_blocking(move || {
+                crate::models::cross::CrossEncoder::load(&dir)
+            })
+            .await
+            {
+                Ok(Ok(c)) => Some((config.rerank.model.clone(), c)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "rerank cross-encoder does not load; serving the BM25 fallback");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rerank cross-encoder; serving the BM25 fallback");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    out.push(rerank::RerankService::new(cross));
     out
 }
