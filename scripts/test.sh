@@ -47,6 +47,9 @@ step "buf lint / buf build"
 step "python jsonschema cross-check"
 "$TOOLS/venv/bin/python" scripts/check_schemas.py "$CORPUS_OUT"
 
+step "second implementation: examples/python-node against the Rust CLI and node"
+HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" bash examples/python-node/selftest.sh
+
 step "python identity and signing vectors"
 "$TOOLS/venv/bin/python" examples/python/check_vectors.py
 

@@ -40,6 +40,7 @@ trap cleanup EXIT
 # The Rust CLI and node keep their key and config under $HOME.
 export HOME="$TMP/home"
 export HEARTHNET__EMERGENCY__ENABLED=false
+export HEARTHNET__MODELS__ENABLED=false
 export HEARTHNET__TRANSPORT__HOST=127.0.0.1
 export HEARTHNET__DISCOVERY__MDNS_ENABLED=false
 export HEARTHNET__DISCOVERY__UDP_ENABLED=false
