@@ -88,6 +88,13 @@ pub fn cid_text(hash: &blake3::Hash) -> String {
     format!("blake3:{}", hash.to_hex())
 }
 
+/// Whether `cid` is CID text (IDENT-005/006): `blake3:` and 64 lowercase
+/// hex digits.
+pub fn is_cid(cid: &str) -> bool {
+    cid.strip_prefix("blake3:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 fn parse_cid(cid: &str) -> Result<blake3::Hash, BlobError> {
     let hex = cid
         .strip_prefix("blake3:")

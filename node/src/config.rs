@@ -303,32 +303,61 @@ impl Default for BusConfig {
     }
 }
 
-/// One LLM backend.
+/// The protocol an LLM backend speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmBackendKind {
+    /// OpenAI-compatible chat completions, `POST {url}/chat/completions`:
+    /// Ollama, llama.cpp server, LM Studio, vLLM, OpenAI.
+    #[default]
+    Openai,
+    /// Anthropic's Messages API, `POST {url}/v1/messages`.
+    Anthropic,
+}
+
+/// One HTTP LLM backend (`[[llm.backends]]`): a model on an
+/// OpenAI-compatible server or on Anthropic's API, served next to the local
+/// model under one `llm.chat`/`llm.complete` entry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmBackend {
-    /// Backend name.
+    /// `openai` (OpenAI-compatible) or `anthropic`. Default `openai`.
+    pub kind: LlmBackendKind,
+    /// The model name callers ask for, advertised in `models` and matched
+    /// byte for byte (LLM-004): the publisher's identifier
+    /// (`meta-llama/Llama-3.2-3B-Instruct`, `claude-sonnet-4-5`). No commas.
     pub name: String,
-    /// OpenAI-compatible base URL, for remote backends.
+    /// Base URL. `openai`: up to and including `/v1` (default
+    /// `http://127.0.0.1:11434/v1`, a local Ollama); `anthropic`: the API's
+    /// root (default `https://api.anthropic.com`).
     pub url: Option<String>,
-    /// Model name.
+    /// The model id sent to the server (`llama3.2:3b`). Default: `name`.
     pub model: Option<String>,
-    /// Environment variable holding the API key.
+    /// Environment variable holding the API key, sent as
+    /// `Authorization: Bearer` (`openai`) or `x-api-key` (`anthropic`).
+    /// Default: no key.
     pub api_key_env: Option<String>,
+    /// Calls sent to this backend at once; more wait in arrival order.
+    /// Default 4.
+    pub max_concurrent: Option<u32>,
+    /// Context window of the model, in tokens, advertised in `ctx`
+    /// (LLM-005). Default 8192.
+    pub ctx: Option<u32>,
 }
 
 /// `[llm]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
-    /// Backends; empty means the default local model.
+    /// HTTP backends, served with the local model; the first one is the
+    /// default model (the local model is the default when there is none).
     pub backends: Vec<LlmBackend>,
     /// Name of the local model, as advertised (the publisher's identifier).
     pub model: String,
     /// GGUF file of the local model. Default: the provisioned SmolLM2.
     pub model_path: Option<PathBuf>,
-    /// System message for chats that bring none; empty uses the chat
-    /// template's own default.
+    /// System message for chats that bring none, on every model; empty adds
+    /// none (the local model's chat template then uses its own default).
     pub system_prompt: String,
 }
 
@@ -415,6 +444,14 @@ pub struct RagConfig {
     pub enabled: bool,
     /// Vector stores. Default `<DATA>/corpora`.
     pub corpora_dir: Option<PathBuf>,
+    /// Corpora this node creates and accepts documents for (names match
+    /// `[a-z0-9-]{1,64}`; `personal` is always there, for the operator
+    /// only, and `system` cannot be listed).
+    pub corpora: Vec<String>,
+    /// Embedding model of new corpora (exact name). Default: `embedding.model`.
+    pub embedding_model: Option<String>,
+    /// Reorder the fused results with `rerank.text` (through the bus).
+    pub rerank: bool,
 }
 
 impl Default for RagConfig {
@@ -422,6 +459,9 @@ impl Default for RagConfig {
         Self {
             enabled: true,
             corpora_dir: None,
+            corpora: vec!["community".into()],
+            embedding_model: None,
+            rerank: false,
         }
     }
 }
@@ -864,6 +904,16 @@ impl Config {
                 ),
             ));
         }
+        for name in &self.rag.corpora {
+            if crate::rag::check_name(name).is_err() || name == "system" || name == "personal" {
+                return Err(rule(
+                    "rag.corpora",
+                    format!(
+                        "`{name}` is not a corpus name this node can create ([a-z0-9-]{{1,64}}, not `system` or `personal`)"
+                    ),
+                ));
+            }
+        }
         if self.transport.max_connections == 0 {
             return Err(rule(
                 "transport.max_connections",
@@ -1025,6 +1075,14 @@ impl Config {
         match &self.file.blobs_dir {
             Some(p) => Ok(p.clone()),
             None => Ok(self.data_dir()?.join("blobs")),
+        }
+    }
+
+    /// The corpora directory.
+    pub fn corpora_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.rag.corpora_dir {
+            Some(p) => Ok(p.clone()),
+            None => Ok(self.data_dir()?.join("corpora")),
         }
     }
 

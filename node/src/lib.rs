@@ -19,6 +19,7 @@ pub mod events;
 pub mod models;
 pub mod node;
 pub mod obs;
+pub mod rag;
 pub mod services;
 pub mod transport;
 

@@ -62,6 +62,9 @@ pub enum StartError {
     /// The blob store cannot be opened.
     #[error("blob store: {0}")]
     Blobs(String),
+    /// The corpora cannot be opened.
+    #[error("corpora: {0}")]
+    Rag(String),
     /// The community event log cannot be opened.
     #[error("event log: {0}")]
     Events(#[from] crate::events::EventError),
@@ -235,8 +238,34 @@ impl NodeBuilder {
             },
         );
         bus.register(files.clone())?;
+        let mut rag = None;
+        if config.rag.enabled {
+            let store = crate::rag::store::RagStore::open(&config.corpora_dir()?)
+                .map_err(|e| StartError::Rag(e.to_string()))?;
+            rag = Some(store.clone());
+            let service = crate::services::rag::RagService::new(
+                store,
+                files.store().clone(),
+                &bus,
+                events.clone(),
+                crate::services::rag::RagSettings {
+                    corpora: config.rag.corpora.clone(),
+                    embedding_model: config
+                        .rag
+                        .embedding_model
+                        .clone()
+                        .unwrap_or_else(|| config.embedding.model.clone()),
+                    rerank: config.rag.rerank,
+                },
+            )
+            .map_err(|e| StartError::Rag(e.to_string()))?;
+            bus.register(Arc::new(crate::services::rag::RagHandle(service)))?;
+        }
         #[cfg(feature = "models")]
         for s in crate::services::local_models(&config).await {
+            bus.register(s)?;
+        }
+        if let Some(s) = crate::services::llm_service(&config).await {
             bus.register(s)?;
         }
         for s in self.services {
@@ -366,6 +395,7 @@ impl NodeBuilder {
             follower,
             events,
             files,
+            rag,
             introspection,
             tasks,
         };
@@ -434,6 +464,7 @@ pub struct RunningNode {
     follower: crate::discovery::Follower,
     events: Option<EventLog>,
     files: Arc<FileService>,
+    rag: Option<Arc<crate::rag::store::RagStore>>,
     introspection: Arc<Introspection>,
     tasks: TaskTracker,
 }
@@ -470,6 +501,11 @@ impl RunningNode {
     /// The file service (blob store, downloads, replication).
     pub fn files(&self) -> &Arc<FileService> {
         &self.files
+    }
+
+    /// The RAG corpora, when `rag.enabled`.
+    pub fn rag(&self) -> Option<&Arc<crate::rag::store::RagStore>> {
+        self.rag.as_ref()
     }
 
     /// Joins the configured community: syncs with `inviter_url` as a pending

@@ -325,7 +325,7 @@ impl Bus {
             .map(|e| {
                 (
                     e.offer.capability,
-                    e.offer.params.clone(),
+                    advertised(&e.offer.params),
                     e.offer.max_concurrent,
                 )
             })
@@ -402,7 +402,7 @@ impl Bus {
                 name: e.offer.capability.name.to_string(),
                 version: e.offer.capability.version.to_string(),
                 schema_hash: e.offer.capability.schema_hash.to_string(),
-                params: e.offer.params.clone().into_iter().collect(),
+                params: advertised(&e.offer.params).into_iter().collect(),
                 max_concurrent: e.offer.max_concurrent,
             })
             .collect()
@@ -417,11 +417,25 @@ impl Bus {
             .map(|e| {
                 (
                     e.offer.capability,
-                    e.offer.params.clone(),
+                    advertised(&e.offer.params),
                     e.offer.max_concurrent,
                 )
             })
             .collect()
+    }
+
+    /// Replaces the advertised params of a local capability (for example
+    /// the corpora a node serves, RAG-006); the next manifest carries them.
+    pub fn set_params(&self, name: &str, major: u32, params: BTreeMap<String, String>) {
+        let mut local = self.inner.local.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = local.get_mut(&(name.to_string(), major))
+            && e.offer.params != params
+        {
+            e.offer.params = params;
+            self.inner
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Replaces what a peer offers (from its verified manifest).
@@ -753,7 +767,13 @@ impl Bus {
         } else {
             self.trust_of(&caller, &call.caller)
         };
-        let route = self.route(&call.capability, min, caller == self.inner.me)?;
+        let want = routing_param(call);
+        let route = self.route(
+            &call.capability,
+            min,
+            caller == self.inner.me,
+            want.as_ref(),
+        )?;
         let cap = match &route {
             Route::Local((name, major)) => {
                 let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
@@ -850,7 +870,16 @@ impl Bus {
     }
 
     /// Chooses where a call goes (decision 0040).
-    fn route(&self, name: &str, min: (u32, u32), own: bool) -> Result<Route, CallError> {
+    ///
+    /// `want` is a routing param of the request (decisions 0061, 0062): only
+    /// providers whose advertised params list its value are candidates.
+    fn route(
+        &self,
+        name: &str,
+        min: (u32, u32),
+        own: bool,
+        want: Option<&Want>,
+    ) -> Result<Route, CallError> {
         let now = Instant::now();
         let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
         let mut served_versions: Vec<String> = local
@@ -858,10 +887,19 @@ impl Bus {
             .filter(|e| e.offer.capability.name == name && self.visible(e))
             .map(|e| e.offer.capability.version.to_string())
             .collect();
+        let mut unmatched = false;
+        let local_compatible = local
+            .get(&(name.to_string(), min.0))
+            .is_some_and(|e| self.visible(e) && e.offer.capability.version_numbers().1 >= min.1);
         let local_hit = local
             .get(&(name.to_string(), min.0))
             .filter(|e| self.visible(e))
-            .filter(|e| e.offer.capability.version_numbers().1 >= min.1);
+            .filter(|e| e.offer.capability.version_numbers().1 >= min.1)
+            .filter(|e| {
+                let ok = want.is_none_or(|w| w.listed_in(&e.offer.params));
+                unmatched |= !ok;
+                ok
+            });
         let local_load = local_hit.map(|e| load(&e.in_flight, e.offer.max_concurrent));
         let local_saturated =
             local_hit.is_some_and(|e| saturated(&e.in_flight, e.offer.max_concurrent));
@@ -876,6 +914,10 @@ impl Bus {
             for (key, e) in entries.iter().filter(|((_, n, _), _)| n == name) {
                 served_versions.push(e.version_text.clone());
                 if e.version.0 != min.0 || e.version.1 < min.1 {
+                    continue;
+                }
+                if want.is_some_and(|w| !w.listed_in(&e.params)) {
+                    unmatched = true;
                     continue;
                 }
                 if now.duration_since(e.last_seen)
@@ -940,6 +982,19 @@ impl Bus {
             return Err(CallError::new(
                 ErrorCode::NotFound,
                 format!("no capability {name}"),
+            ));
+        }
+        if let Some(w) = want
+            && unmatched
+        {
+            // No provider lists the value: the local service, if any, says
+            // why (a malformed name is `bad_request`, RAG-004).
+            if local_compatible {
+                return Ok(Route::Local((name.to_string(), min.0)));
+            }
+            return Err(CallError::new(
+                ErrorCode::NotFound,
+                format!("no provider of {name} serves {} `{}`", w.field, w.value),
             ));
         }
         served_versions.sort();
@@ -1381,6 +1436,7 @@ impl Bus {
         let min = registry::parse_version(min_version).ok_or_else(|| {
             CallError::bad_request(format!("min_version `{min_version}` is not MAJOR.MINOR"))
         })?;
+        let want = routing_param_of(capability, false, &payload);
         let local = {
             let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
             local
@@ -1388,6 +1444,7 @@ impl Bus {
                 .filter(|e| self.visible(e))
                 .filter(|e| e.offer.capability.version_numbers().1 >= min.1)
                 .filter(|e| e.offer.capability.streaming == Streaming::Unary)
+                .filter(|e| want.as_ref().is_none_or(|w| w.listed_in(&e.offer.params)))
                 .map(|e| {
                     (
                         e.offer.capability,
@@ -1594,6 +1651,79 @@ fn pump_client_frames(
         }
     });
     (ack_rx, Input::new(in_rx))
+}
+
+/// Request params that choose among providers: capability, the field of
+/// the request's `params`, and the advertised params that list the values a
+/// provider serves (comma-separated, decision 0062; exact names, 0061).
+const PARAM_ROUTES: &[(&str, &str, &[&str])] = &[
+    ("rag.query", "corpus", &["corpora", LOCAL_CORPORA]),
+    (
+        "rag.ingest",
+        "corpus",
+        &["corpora_available", LOCAL_CORPORA],
+    ),
+    ("llm.chat", "model", &["model", "models"]),
+    ("llm.complete", "model", &["model", "models"]),
+    ("embed.text", "model", &["model"]),
+    ("rerank.text", "model", &["model"]),
+];
+
+/// A param naming corpora served to this node's operator only (`personal`,
+/// RAG-008); like every param whose key starts with `local.`, it routes
+/// local calls and is never advertised.
+pub const LOCAL_CORPORA: &str = "local.corpora";
+
+fn advertised(params: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    params
+        .iter()
+        .filter(|(k, _)| !k.starts_with("local."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A routing param of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Want {
+    field: &'static str,
+    value: String,
+    keys: &'static [&'static str],
+}
+
+impl Want {
+    fn listed_in(&self, params: &BTreeMap<String, String>) -> bool {
+        self.keys.iter().any(|k| {
+            params
+                .get(*k)
+                .is_some_and(|v| v.split(',').any(|x| x == self.value))
+        })
+    }
+}
+
+/// The routing param of a call, when its capability has one and the
+/// request sets it (an empty value means "any provider").
+fn routing_param(call: &CallRequest) -> Option<Want> {
+    routing_param_of(
+        &call.capability,
+        call.encoding == PayloadEncoding::Json as i32,
+        &call.payload,
+    )
+}
+
+fn routing_param_of(capability: &str, json: bool, payload: &[u8]) -> Option<Want> {
+    let &(_, field, keys) = PARAM_ROUTES.iter().find(|r| r.0 == capability)?;
+    let value = if json {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        v.get("params")?.get(field)?.as_str()?.to_string()
+    } else {
+        let cap = registry::capability(capability)?;
+        let desc = hearthnet_sdk::descriptor_pool().get_message_by_name(cap.request)?;
+        let msg = prost_reflect::DynamicMessage::decode(desc, payload).ok()?;
+        let params = msg.get_field_by_name("params")?;
+        let params = params.as_message()?;
+        params.get_field_by_name(field)?.as_str()?.to_string()
+    };
+    (!value.is_empty()).then_some(Want { field, value, keys })
 }
 
 /// An `error` frame.

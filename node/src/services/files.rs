@@ -93,10 +93,7 @@ fn blob_error(e: BlobError) -> CallError {
 
 /// Checks CID text (IDENT-005/006): `blake3:` and 64 lowercase hex digits.
 fn check_cid(cid: &str) -> Result<(), CallError> {
-    let ok = cid.strip_prefix("blake3:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    });
-    if ok {
+    if crate::blobs::is_cid(cid) {
         Ok(())
     } else {
         Err(CallError::bad_request(format!(
