@@ -297,3 +297,111 @@ impl ChatModel {
         Ok((n as u32, stop))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (tempfile::TempDir, ChatModel) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::models::fixtures::tiny_gguf(dir.path());
+        let model = ChatModel::load(&path).unwrap();
+        (dir, model)
+    }
+
+    fn sampler(max_tokens: u32, temperature: f64, seed: u64) -> Sampler {
+        Sampler {
+            max_tokens,
+            temperature,
+            top_p: 1.0,
+            seed,
+            stop: Vec::new(),
+        }
+    }
+
+    fn run(m: &mut ChatModel, ids: &[u32], s: &Sampler) -> (String, u32, Stop) {
+        let mut text = String::new();
+        let (n, stop) = m
+            .generate(ids, s, |piece| {
+                text.push_str(piece);
+                true
+            })
+            .unwrap();
+        (text, n, stop)
+    }
+
+    #[test]
+    fn a_random_llama_loads_with_chatml_and_its_context() {
+        let (_d, m) = tiny();
+        assert_eq!(m.ctx(), 128);
+        let prompt = m.render(&[("user".into(), "Hi there".into())]).unwrap();
+        assert_eq!(
+            prompt,
+            "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let ids = m.encode(&prompt).unwrap();
+        // Control tokens stay whole: 3 of them + 8 bytes of text + 3 newlines + "user"/"assistant" bytes.
+        assert_eq!(ids.iter().filter(|&&i| i >= 96).count(), 3);
+        assert_eq!(ids.len(), 3 + "user\nHi there\nassistant\n".len());
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_the_limit_holds() {
+        let (_d, mut m) = tiny();
+        let ids = m.encode("<|im_start|>user\nabc<|im_end|>\n").unwrap();
+        let a = run(&mut m, &ids, &sampler(24, 1.0, 7));
+        let b = run(&mut m, &ids, &sampler(24, 1.0, 7));
+        assert_eq!(a, b);
+        let seeds: Vec<String> = (1..6)
+            .map(|s| run(&mut m, &ids, &sampler(24, 1.0, s)).0)
+            .collect();
+        assert!(
+            seeds.iter().any(|t| *t != a.0),
+            "five other seeds all gave {:?}",
+            a.0
+        );
+        // Greedy is deterministic whatever the seed.
+        assert_eq!(
+            run(&mut m, &ids, &sampler(16, 0.0, 1)),
+            run(&mut m, &ids, &sampler(16, 0.0, 2))
+        );
+        let (_, n, stop) = run(&mut m, &ids, &sampler(5, 1.0, 3));
+        assert!(n <= 5);
+        if n == 5 {
+            assert_eq!(stop, Stop::MaxTokens);
+        } else {
+            assert_eq!(stop, Stop::End);
+        }
+    }
+
+    #[test]
+    fn cancel_and_stop_sequences_cut_the_stream() {
+        let (_d, mut m) = tiny();
+        let ids = m.encode("<|im_start|>user\nxyz<|im_end|>\n").unwrap();
+        let mut pieces = 0;
+        let (n, stop) = m
+            .generate(&ids, &sampler(40, 0.0, 1), |_| {
+                pieces += 1;
+                false
+            })
+            .unwrap();
+        assert_eq!((pieces, stop), (1, Stop::Cancelled));
+        assert!(n <= 2, "{n} tokens after a cancel on the first piece");
+        // A stop sequence taken from the middle of the greedy output.
+        let (full, _, _) = run(&mut m, &ids, &sampler(40, 0.0, 1));
+        let chars: Vec<char> = full.chars().collect();
+        assert!(chars.len() >= 12, "greedy output {full:?}");
+        let stop: String = chars[8..10].iter().collect();
+        let mut s = sampler(40, 0.0, 1);
+        s.stop = vec![stop.clone()];
+        let (cut, _, why) = run(&mut m, &ids, &s);
+        assert_eq!(why, Stop::StopSequence);
+        assert_eq!(cut, full[..full.find(&stop).unwrap()]);
+        // Prompt plus max_tokens beyond the window is refused.
+        let e = m
+            .generate(&ids, &sampler(128, 0.0, 1), |_| true)
+            .unwrap_err();
+        assert!(matches!(e, ModelError::Input(_)), "{e}");
+    }
+}

@@ -95,4 +95,85 @@ pub(crate) mod fixtures {
         ));
         tok.save(dir.join("tokenizer.json"), false).unwrap();
     }
+
+    /// A 2-layer llama (hidden 64, 4 heads, 2 KV heads, context 128) in one
+    /// GGUF file, Q4_1 matrices and f32 norms, with a byte-level vocabulary
+    /// of printable ASCII, newline and the ChatML control tokens, and no
+    /// chat template (so ChatML applies). Returns the file's path.
+    pub fn tiny_gguf(dir: &Path) -> std::path::PathBuf {
+        use candle_core::Tensor;
+        use candle_core::quantized::gguf_file::{self, Value};
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (hidden, ffn, kv) = (64usize, 128usize, 32usize);
+        // GPT-2 byte-level forms: printable ASCII is itself, space is
+        // U+0120 and newline U+010A.
+        let mut tokens: Vec<String> = vec!["\u{10A}".into(), "\u{120}".into()];
+        tokens.extend((0x21u8..=0x7e).map(|b| char::from(b).to_string()));
+        tokens.extend(["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from));
+        let vocab = tokens.len();
+        let eos = (vocab - 3) as u32;
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut random = |rows: usize, cols: usize, q: bool| {
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect();
+            let shape: Vec<usize> = if rows == 1 {
+                vec![cols]
+            } else {
+                vec![rows, cols]
+            };
+            let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
+            let dtype = if q { GgmlDType::Q4_1 } else { GgmlDType::F32 };
+            QTensor::quantize(&t, dtype).unwrap()
+        };
+        let mut tensors: Vec<(String, QTensor)> = vec![
+            ("token_embd.weight".into(), random(vocab, hidden, false)),
+            ("output_norm.weight".into(), random(1, hidden, false)),
+            ("output.weight".into(), random(vocab, hidden, true)),
+        ];
+        for l in 0..2 {
+            let p = format!("blk.{l}");
+            for (name, rows, cols, q) in [
+                ("attn_q", hidden, hidden, true),
+                ("attn_k", kv, hidden, true),
+                ("attn_v", kv, hidden, true),
+                ("attn_output", hidden, hidden, true),
+                ("ffn_gate", ffn, hidden, true),
+                ("ffn_up", ffn, hidden, true),
+                ("ffn_down", hidden, ffn, true),
+                ("attn_norm", 1, hidden, false),
+                ("ffn_norm", 1, hidden, false),
+            ] {
+                tensors.push((format!("{p}.{name}.weight"), random(rows, cols, q)));
+            }
+        }
+        let md: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+            ("llama.block_count", Value::U32(2)),
+            ("llama.embedding_length", Value::U32(hidden as u32)),
+            ("llama.rope.dimension_count", Value::U32(16)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("llama.rope.freq_base", Value::F32(10_000.0)),
+            ("llama.context_length", Value::U32(128)),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            ),
+            ("tokenizer.ggml.eos_token_id", Value::U32(eos)),
+            ("tokenizer.ggml.bos_token_id", Value::U32(eos)),
+        ];
+        let path = dir.join("tiny.gguf");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+        path
+    }
 }

@@ -1,28 +1,27 @@
 //! The in-memory search index of one corpus: unit vectors searched
-//! exactly or through an HNSW graph (`instant-distance`), an Okapi BM25
-//! inverted index over the chunk texts, and the document table the
-//! metadata filters read (RAG-014…017).
+//! exactly or, past [`ANN_MIN_CHUNKS`], through a scalar-quantised copy
+//! (one signed byte per dimension and a scale per vector) whose candidates
+//! are rescored exactly; an Okapi BM25 inverted index over the chunk texts;
+//! and the document table the metadata filters read (RAG-014…017).
 //!
 //! Retrieval is hybrid: the best [`candidates`] chunks by cosine
 //! similarity and the best by BM25 are fused by reciprocal rank
 //! (`1 / (60 + rank)` summed over both lists); the fused value is the
-//! `score` a query returns. With a filter, both lists are computed exactly
-//! over the matching documents' chunks only, so the filter applies before
-//! the top-`k` cut (RAG-014).
+//! `score` a query returns. With a filter, both lists are computed over the
+//! matching documents' chunks only, so the filter applies before the
+//! top-`k` cut (RAG-014).
 //!
-//! The HNSW graph is built (in the background, see `store`) once a corpus
-//! holds [`ANN_MIN_CHUNKS`] chunks; chunks added after the last build are
-//! searched exactly until the next one.
+//! The quantised scan reads a quarter of the bytes of the exact one and
+//! needs no build: it is kept up to date as documents arrive.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-
-use instant_distance::{Builder, HnswMap, Search};
 
 use super::RagError;
 
-/// Chunks from which the approximate index is used.
+/// Chunks from which the quantised scan is used.
 pub const ANN_MIN_CHUNKS: usize = 20_000;
+/// Quantised candidates rescored exactly, per result wanted.
+const RESCORE: usize = 8;
 /// The reciprocal-rank-fusion constant.
 const RRF_K: f32 = 60.0;
 const BM25_K1: f32 = 1.2;
@@ -155,15 +154,6 @@ fn decimal(s: &str) -> Option<f64> {
     if ok { t.parse().ok() } else { None }
 }
 
-#[derive(Debug, Clone)]
-struct Point(Arc<[f32]>);
-
-impl instant_distance::Point for Point {
-    fn distance(&self, other: &Self) -> f32 {
-        1.0 - dot(&self.0, &other.0)
-    }
-}
-
 /// The dot product (cosine similarity of unit vectors).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight lanes, so the compiler vectorises without fast-math.
@@ -179,42 +169,33 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// An HNSW graph over the first `len` chunks of a corpus.
-pub struct Ann {
-    map: HnswMap<Point, u32>,
-    len: usize,
+/// The dot product of two quantised vectors.
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let mut acc = [0i32; 16];
+    let (ca, ra) = a.as_chunks::<16>();
+    let (cb, rb) = b.as_chunks::<16>();
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..16 {
+            acc[i] += i32::from(x[i]) * i32::from(y[i]);
+        }
+    }
+    let tail: i32 = ra
+        .iter()
+        .zip(rb)
+        .map(|(x, y)| i32::from(*x) * i32::from(*y))
+        .sum();
+    acc.iter().sum::<i32>() + tail
 }
 
-impl std::fmt::Debug for Ann {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ann").field("len", &self.len).finish()
-    }
-}
-
-impl Ann {
-    /// Builds the graph over `vectors` (`dim` floats each). Takes seconds
-    /// per ten thousand vectors: run it off the async runtime.
-    pub fn build(vectors: &[f32], dim: usize) -> Self {
-        let points: Vec<Point> = vectors.chunks_exact(dim).map(|v| Point(v.into())).collect();
-        let len = points.len();
-        let values: Vec<u32> = (0..len as u32).collect();
-        let map = Builder::default()
-            .ef_construction(100)
-            .ef_search(128)
-            .seed(0x4845_4152_5448)
-            .build(points, values);
-        Self { map, len }
-    }
-
-    /// Chunks it covers.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether it covers nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+/// A vector as signed bytes and the scale that maps them back.
+fn quantize(v: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    out.extend(
+        v.iter()
+            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+    );
+    scale
 }
 
 /// Okapi BM25 over chunk texts.
@@ -250,7 +231,12 @@ impl Bm25 {
         let mut terms: Vec<String> = words(query).collect();
         terms.sort();
         terms.dedup();
-        let mut acc: HashMap<u32, f32> = HashMap::new();
+        // Scores in a dense array (a query touches many chunks); `touched`
+        // lists the chunks that have one.
+        let mut acc = vec![0f32; self.lens.len()];
+        let mut touched: Vec<u32> = Vec::new();
+        let norm = BM25_K1 * BM25_B / avg.max(1.0);
+        let base = BM25_K1 * (1.0 - BM25_B);
         for t in &terms {
             let Some(list) = self.postings.get(t) else {
                 continue;
@@ -263,12 +249,15 @@ impl Bm25 {
                 }
                 let f = f32::from(f);
                 let len = self.lens[c as usize] as f32;
-                let s = idf * f * (BM25_K1 + 1.0)
-                    / (f + BM25_K1 * (1.0 - BM25_B + BM25_B * len / avg.max(1.0)));
-                *acc.entry(c).or_default() += s;
+                let s = idf * f * (BM25_K1 + 1.0) / (f + base + norm * len);
+                let slot = &mut acc[c as usize];
+                if *slot == 0.0 {
+                    touched.push(c);
+                }
+                *slot += s;
             }
         }
-        let mut all: Vec<(u32, f32)> = acc.into_iter().collect();
+        let mut all: Vec<(u32, f32)> = touched.into_iter().map(|c| (c, acc[c as usize])).collect();
         top_n(&mut all, n);
         all
     }
@@ -302,9 +291,9 @@ pub struct CorpusIndex {
     docs: Vec<DocMeta>,
     by_cid: HashMap<String, u32>,
     bm25: Bm25,
-    ann: Option<Arc<Ann>>,
-    /// Whether a graph build is running.
-    pub building: bool,
+    /// The vectors as signed bytes, and each one's scale.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
 }
 
 impl CorpusIndex {
@@ -318,8 +307,8 @@ impl CorpusIndex {
             docs: Vec::new(),
             by_cid: HashMap::new(),
             bm25: Bm25::default(),
-            ann: None,
-            building: false,
+            codes: Vec::new(),
+            scales: Vec::new(),
         }
     }
 
@@ -374,6 +363,8 @@ impl CorpusIndex {
             let i = self.chunks.len() as u32;
             self.bm25.add(i, &text);
             self.vectors.extend_from_slice(&v);
+            let scale = quantize(&v, &mut self.codes);
+            self.scales.push(scale);
             self.chunks.push(c);
         }
         Ok(())
@@ -384,49 +375,19 @@ impl CorpusIndex {
         self.by_cid.contains_key(cid)
     }
 
-    /// Whether a (re)build of the graph is due: past [`ANN_MIN_CHUNKS`],
-    /// with a quarter of the chunks (at least 5,000) outside the graph.
-    pub fn ann_due(&self) -> bool {
-        let n = self.len();
-        let covered = self.ann.as_ref().map_or(0, |a| a.len());
-        !self.building && n >= ANN_MIN_CHUNKS && n - covered >= (covered / 4).max(5_000)
-    }
-
-    /// A copy of the vectors for a graph build.
-    pub fn vectors_snapshot(&self) -> (Vec<f32>, usize) {
-        (self.vectors.clone(), self.dim)
-    }
-
-    /// Installs a built graph.
-    pub fn install_ann(&mut self, ann: Ann) {
-        self.ann = Some(Arc::new(ann));
-        self.building = false;
-    }
-
-    /// Chunks the graph covers.
-    pub fn ann_len(&self) -> usize {
-        self.ann.as_ref().map_or(0, |a| a.len())
-    }
-
     fn allowed_docs(&self, filter: Option<&Filter>) -> Option<Vec<bool>> {
         let f = filter.filter(|f| !f.is_empty())?;
         Some(self.docs.iter().map(|d| f.matches(d)).collect())
     }
 
     /// The `n` chunks most similar to `q` by exact scan, best first.
-    pub fn exact(
-        &self,
-        q: &[f32],
-        n: usize,
-        allowed: Option<&[bool]>,
-        from: usize,
-    ) -> Vec<(u32, f32)> {
+    pub fn exact(&self, q: &[f32], n: usize, allowed: Option<&[bool]>) -> Vec<(u32, f32)> {
         if self.dim == 0 || q.len() != self.dim {
             return Vec::new();
         }
         let mut best: Vec<(u32, f32)> = Vec::with_capacity(n * 2);
         let mut floor = f32::NEG_INFINITY;
-        for (i, v) in self.vectors.chunks_exact(self.dim).enumerate().skip(from) {
+        for (i, v) in self.vectors.chunks_exact(self.dim).enumerate() {
             if let Some(a) = allowed
                 && !a[self.chunks[i].doc as usize]
             {
@@ -445,28 +406,94 @@ impl CorpusIndex {
         best
     }
 
-    /// Dense candidates: the graph over the chunks it covers plus an exact
-    /// scan of the rest; an exact scan of everything under a filter.
-    fn dense(&self, q: &[f32], n: usize, allowed: Option<&[bool]>) -> Vec<(u32, f32)> {
-        match (&self.ann, allowed) {
-            (Some(ann), None) if q.len() == self.dim => {
-                let mut search = Search::default();
-                let mut out: Vec<(u32, f32)> = ann
-                    .map
-                    .search(&Point(q.into()), &mut search)
-                    .take(n)
-                    .map(|item| (*item.value, 1.0 - item.distance))
+    /// The `n` chunks most similar to `q` through the quantised copy: the
+    /// best `RESCORE × n` by quantised dot product (the scan split over the
+    /// machine's cores), rescored exactly.
+    pub fn approximate(&self, q: &[f32], n: usize, allowed: Option<&[bool]>) -> Vec<(u32, f32)> {
+        if self.dim == 0 || q.len() != self.dim {
+            return Vec::new();
+        }
+        let mut qc = Vec::with_capacity(self.dim);
+        // The query's own scale is the same for every chunk: ranks only.
+        quantize(q, &mut qc);
+        let m = n * RESCORE;
+        let len = self.len();
+        let parts = std::thread::available_parallelism()
+            .map_or(1, |p| p.get())
+            .clamp(1, 8)
+            .min(len.div_ceil(10_000).max(1));
+        let step = len.div_ceil(parts);
+        let mut best: Vec<(u32, f32)> = if parts == 1 {
+            self.scan_quantised(&qc, 0..len, m, allowed)
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..parts)
+                    .map(|p| {
+                        let range = p * step..((p + 1) * step).min(len);
+                        let qc = &qc;
+                        scope.spawn(move || self.scan_quantised(qc, range, m, allowed))
+                    })
                     .collect();
-                out.extend(self.exact(q, n, None, ann.len()));
-                top_n(&mut out, n);
-                out
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        top_n(&mut best, m);
+        let mut out: Vec<(u32, f32)> = best
+            .into_iter()
+            .map(|(i, _)| {
+                let at = i as usize * self.dim;
+                (i, dot(q, &self.vectors[at..at + self.dim]))
+            })
+            .collect();
+        top_n(&mut out, n);
+        out
+    }
+
+    /// The best `m` of the chunks in `range` by quantised dot product.
+    fn scan_quantised(
+        &self,
+        qc: &[i8],
+        range: std::ops::Range<usize>,
+        m: usize,
+        allowed: Option<&[bool]>,
+    ) -> Vec<(u32, f32)> {
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(m * 2);
+        let mut floor = f32::NEG_INFINITY;
+        let codes = &self.codes[range.start * self.dim..range.end * self.dim];
+        for (j, code) in codes.chunks_exact(self.dim).enumerate() {
+            let i = range.start + j;
+            if let Some(a) = allowed
+                && !a[self.chunks[i].doc as usize]
+            {
+                continue;
             }
-            _ => self.exact(q, n, allowed, 0),
+            let s = dot_i8(qc, code) as f32 * self.scales[i];
+            if s > floor || best.len() < m {
+                best.push((i as u32, s));
+                if best.len() >= m * 2 {
+                    top_n(&mut best, m);
+                    floor = best.last().map_or(f32::NEG_INFINITY, |b| b.1);
+                }
+            }
+        }
+        top_n(&mut best, m);
+        best
+    }
+
+    /// Dense candidates: an exact scan of a small corpus, the quantised
+    /// scan with exact rescoring of a large one.
+    fn dense(&self, q: &[f32], n: usize, allowed: Option<&[bool]>) -> Vec<(u32, f32)> {
+        if self.len() >= ANN_MIN_CHUNKS {
+            self.approximate(q, n, allowed)
+        } else {
+            self.exact(q, n, allowed)
         }
     }
 
-    /// The dense top `n` as search computes it without a filter: the graph
-    /// (when built) plus an exact scan of the chunks it does not cover.
+    /// The dense top `n` as search computes it without a filter.
     pub fn dense_top(&self, q: &[f32], n: usize) -> Vec<(u32, f32)> {
         self.dense(q, n, None)
     }
@@ -611,32 +638,35 @@ mod tests {
     }
 
     #[test]
-    fn the_graph_agrees_with_the_exact_scan() {
-        let dim = 24;
+    fn the_quantised_scan_agrees_with_the_exact_scan() {
+        let dim = 384;
         let mut idx = CorpusIndex::new(dim);
-        let chunks: Vec<_> = (0..3000u64)
+        let chunks: Vec<_> = (0..4000u64)
             .map(|i| (chunk_ref(&format!("ch_{i}")), String::new(), unit(i, dim)))
             .collect();
         idx.add_document(doc("blake3:a", "en", "1"), chunks)
             .unwrap();
-        let (v, d) = idx.vectors_snapshot();
-        idx.install_ann(Ann::build(&v[..2500 * d], d));
-        assert_eq!(idx.ann_len(), 2500);
-        // Recall of the graph (plus the exact tail) against the exact scan.
+        // Recall@10 of the quantised scan against the exact one.
         let mut found = 0;
         for q in 0..50u64 {
             let query = unit(q * 61 + 7, dim);
-            let exact = idx.exact(&query, 10, None, 0);
-            let approx = idx.dense(&query, 10, None);
+            let exact = idx.exact(&query, 10, None);
+            let approx = idx.approximate(&query, 10, None);
+            assert_eq!(approx.len(), 10);
             found += exact
                 .iter()
                 .filter(|e| approx.iter().any(|a| a.0 == e.0))
                 .count();
+            // Rescored exactly: the scores are the true similarities.
+            for (i, s) in &approx {
+                let at = *i as usize * dim;
+                assert!((s - dot(&query, &idx.vectors[at..at + dim])).abs() < 1e-6);
+            }
         }
-        assert!(found >= 450, "recall@10 {found}/500");
-        // A chunk outside the graph is found through the exact tail.
-        let hits = idx.dense(&unit(2999, dim), 1, None);
-        assert_eq!(hits[0].0, 2999);
+        assert!(found >= 490, "recall@10 {found}/500");
+        // A stored vector finds itself first; a filter excludes documents.
+        assert_eq!(idx.approximate(&unit(2999, dim), 1, None)[0].0, 2999);
+        assert!(idx.approximate(&unit(1, dim), 5, Some(&[false])).is_empty());
     }
 
     #[test]

@@ -2,9 +2,8 @@
 //! per corpus, its record (embedding model, RAG-009), its documents, its
 //! chunks (text and source) and their vectors. A document is written in one
 //! batch with all of its chunks, so a crash never leaves half a document.
-//! On open every corpus is read back into its in-memory [`CorpusIndex`];
-//! the HNSW graph of a large corpus is rebuilt in the background (exact
-//! search serves meanwhile).
+//! On open every corpus is read back into its in-memory [`CorpusIndex`]
+//! (which quantises its vectors as they load).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RagError;
 use super::chunk::Chunk;
-use super::index::{Ann, ChunkRef, CorpusIndex, DocMeta, Filter, Hit};
+use super::index::{ChunkRef, CorpusIndex, DocMeta, Filter, Hit};
 
 /// What a corpus records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,18 +150,13 @@ impl Corpus {
 
     /// The exact dense top `k` (the benchmark's baseline).
     pub fn exact(&self, q: &[f32], k: usize) -> Vec<(u32, f32)> {
-        self.read().exact(q, k, None, 0)
+        self.read().exact(q, k, None)
     }
 
-    /// The dense top `k` of an unfiltered search (through the graph when
-    /// one is built; the benchmark measures its recall).
+    /// The dense top `k` of an unfiltered search (through the quantised
+    /// scan on a large corpus; the benchmark measures its recall).
     pub fn dense(&self, q: &[f32], k: usize) -> Vec<(u32, f32)> {
         self.read().dense_top(q, k)
-    }
-
-    /// Chunks the HNSW graph covers.
-    pub fn ann_len(&self) -> usize {
-        self.read().ann_len()
     }
 
     /// A hit's chunk: its source, its document and its text.
@@ -229,7 +223,6 @@ impl RagStore {
         }
         for (name, record) in names {
             let corpus = store.load(&name, record)?;
-            store.maybe_build(&corpus);
             store
                 .corpora
                 .write()
@@ -414,49 +407,6 @@ impl RagStore {
         corpus.size.fetch_add(size, Ordering::Relaxed);
         drop(idx);
         Ok((record, true))
-    }
-
-    /// Starts a background HNSW build when the corpus has grown enough.
-    pub fn maybe_build(&self, corpus: &Arc<Corpus>) {
-        let (vectors, dim) = {
-            let mut idx = corpus.write();
-            if !idx.ann_due() {
-                return;
-            }
-            idx.building = true;
-            idx.vectors_snapshot()
-        };
-        let worker = corpus.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("hnsw-{}", worker.name))
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let n = vectors.len() / dim.max(1);
-                tracing::info!(corpus = %worker.name, chunks = n, "building the approximate index");
-                let ann = Ann::build(&vectors, dim);
-                worker.write().install_ann(ann);
-                tracing::info!(
-                    corpus = %worker.name,
-                    chunks = n,
-                    secs = started.elapsed().as_secs(),
-                    "approximate index ready"
-                );
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the index build; exact search continues");
-            corpus.write().building = false;
-        }
-    }
-
-    /// Waits until no graph build is running (tests and benchmarks).
-    pub fn wait_for_builds(&self) {
-        loop {
-            let busy = self.list().iter().any(|c| c.read().building);
-            if !busy {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
     }
 }
 

@@ -423,7 +423,6 @@ impl RagService {
         .await
         .map_err(|e| CallError::internal(e.to_string()))?
         .map_err(rag_err)?;
-        self.store.maybe_build(&corpus);
         tracing::info!(
             corpus = %name,
             doc = %stored.meta.doc_cid,
