@@ -67,7 +67,7 @@ fn main() {
         direct = direct.min(t.elapsed().as_secs_f64());
         direct_tokens = n;
     }
-    let embedder = Embedder::load(&minilm).unwrap();
+    let embedder = Embedder::load(&minilm, MINILM.name).unwrap();
     let texts: Vec<String> = (0..32)
         .map(|i| {
             format!("Sentence number {i} about neighbours sharing ladders, bread and bicycles.")

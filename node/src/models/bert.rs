@@ -1,6 +1,8 @@
 //! Sentence embeddings with a BERT encoder on candle (MiniLM by default,
-//! bge-small when configured): mean pooling over the attention mask, then
-//! optional L2 normalisation.
+//! bge-small when configured): pooling per model — the mean over the
+//! attention mask (MiniLM) or the `[CLS]` token (bge), as the model's
+//! sentence-transformers `1_Pooling/config.json` says, else by its name —
+//! then optional L2 normalisation.
 
 use std::path::Path;
 
@@ -14,9 +16,52 @@ use super::ModelError;
 /// Longest input in tokens (sentence-transformers' `max_seq_length`).
 const MAX_TOKENS: usize = 256;
 
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the real tokens (all-MiniLM-L6-v2).
+    Mean,
+    /// The first token, `[CLS]` (the bge family).
+    Cls,
+}
+
+impl Pooling {
+    /// The pooling of the model in `dir` named `model`: its
+    /// `1_Pooling/config.json` when there is one (`pooling_mode_cls_token`),
+    /// else `Cls` for names containing `bge` and `Mean` otherwise.
+    pub fn detect(dir: &Path, model: &str) -> Result<Self, ModelError> {
+        let file = dir.join("1_Pooling").join("config.json");
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| ModelError::Format(format!("{}: {e}", file.display())))?;
+                let cls = v.get("pooling_mode_cls_token").and_then(|b| b.as_bool());
+                let mean = v.get("pooling_mode_mean_tokens").and_then(|b| b.as_bool());
+                match (cls, mean) {
+                    (Some(true), _) => Ok(Self::Cls),
+                    (_, Some(true)) => Ok(Self::Mean),
+                    _ => Err(ModelError::Format(format!(
+                        "{}: only mean or CLS pooling is supported",
+                        file.display()
+                    ))),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(if model.to_ascii_lowercase().contains("bge") {
+                    Self::Cls
+                } else {
+                    Self::Mean
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 /// A loaded BERT sentence encoder.
 pub struct Embedder {
     model: BertModel,
+    pooling: Pooling,
     tokenizer: Tokenizer,
     dim: usize,
     device: Device,
@@ -31,9 +76,11 @@ impl std::fmt::Debug for Embedder {
 }
 
 impl Embedder {
-    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`.
-    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from
+    /// `dir`; `model` is its name, for the pooling ([`Pooling::detect`]).
+    pub fn load(dir: &Path, model: &str) -> Result<Self, ModelError> {
         let device = Device::Cpu;
+        let pooling = Pooling::detect(dir, model)?;
         let config: Config = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)
             .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
         let dim = config.hidden_size;
@@ -53,10 +100,16 @@ impl Embedder {
             .map_err(|e| ModelError::Format(format!("truncation: {e}")))?;
         Ok(Self {
             model,
+            pooling,
             tokenizer,
             dim,
             device,
         })
+    }
+
+    /// The pooling in use.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
     }
 
     /// Vector length.
@@ -85,11 +138,16 @@ impl Embedder {
         let mask = Tensor::stack(&masks, 0)?;
         let types = ids.zeros_like()?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-        // Mean over the real tokens.
-        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-        let counts = m.sum(1)?;
-        let mut pooled = summed.broadcast_div(&counts)?;
+        let mut pooled = match self.pooling {
+            Pooling::Mean => {
+                // Mean over the real tokens.
+                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+                let counts = m.sum(1)?;
+                summed.broadcast_div(&counts)?
+            }
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        };
         if normalize {
             let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?;
             pooled = pooled.broadcast_div(&norms)?;
@@ -107,8 +165,9 @@ mod tests {
     fn padding_does_not_change_a_vector_and_normalisation_holds() {
         let dir = tempfile::tempdir().unwrap();
         crate::models::fixtures::tiny_bert(dir.path(), false);
-        let e = Embedder::load(dir.path()).unwrap();
+        let e = Embedder::load(dir.path(), "test/tiny").unwrap();
         assert_eq!(e.dim(), 64);
+        assert_eq!(e.pooling(), Pooling::Mean);
         let alone = e.embed(&["a cat".into()], true).unwrap();
         let batch = e
             .embed(&["a cat".into(), "the stock market on a rug".into()], true)
@@ -134,12 +193,55 @@ mod tests {
     }
 
     #[test]
+    fn cls_pooling_follows_the_pooling_config_or_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::models::fixtures::tiny_bert(dir.path(), false);
+        let mean = Embedder::load(dir.path(), "test/tiny").unwrap();
+        let by_name = Embedder::load(dir.path(), "BAAI/bge-small-en-v1.5").unwrap();
+        assert_eq!(by_name.pooling(), Pooling::Cls);
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        let cfg = dir.path().join("1_Pooling").join("config.json");
+        std::fs::write(
+            &cfg,
+            r#"{"word_embedding_dimension": 64, "pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+        )
+        .unwrap();
+        let cls = Embedder::load(dir.path(), "test/tiny").unwrap();
+        assert_eq!(cls.pooling(), Pooling::Cls);
+        let text = ["the cat on the mat".to_string()];
+        let a = cls.embed(&text, true).unwrap();
+        let b = by_name.embed(&text, true).unwrap();
+        assert_eq!(a, b);
+        // CLS is not the mean, and padding does not change it either.
+        let m = mean.embed(&text, true).unwrap();
+        assert!(a[0].iter().zip(&m[0]).any(|(x, y)| (x - y).abs() > 1e-3));
+        let batch = cls
+            .embed(&[text[0].clone(), "a kitten".into()], true)
+            .unwrap();
+        for (x, y) in a[0].iter().zip(&batch[0]) {
+            assert!((x - y).abs() < 1e-4, "padding changed the vector");
+        }
+        // The file wins over the name; a broken file is a typed error.
+        std::fs::write(&cfg, r#"{"pooling_mode_mean_tokens": true}"#).unwrap();
+        let e = Embedder::load(dir.path(), "BAAI/bge-small-en-v1.5").unwrap();
+        assert_eq!(e.pooling(), Pooling::Mean);
+        std::fs::write(&cfg, "{").unwrap();
+        assert!(matches!(
+            Embedder::load(dir.path(), "test/tiny"),
+            Err(ModelError::Format(_))
+        ));
+    }
+
+    #[test]
     fn a_missing_or_broken_model_is_a_typed_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Embedder::load(dir.path()), Err(ModelError::Io(_))));
+        assert!(matches!(
+            Embedder::load(dir.path(), "test/tiny"),
+            Err(ModelError::Io(_))
+        ));
         std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
         assert!(matches!(
-            Embedder::load(dir.path()),
+            Embedder::load(dir.path(), "test/tiny"),
             Err(ModelError::Format(_))
         ));
     }

@@ -40,9 +40,11 @@ pub async fn local_models(
         .or_else(|| find(&MINILM, &config.embedding.model));
     match embed_dir {
         Some(dir) => {
-            let loaded =
-                tokio::task::spawn_blocking(move || crate::models::bert::Embedder::load(&dir))
-                    .await;
+            let name = config.embedding.model.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                crate::models::bert::Embedder::load(&dir, &name)
+            })
+            .await;
             match loaded {
                 Ok(Ok(e)) => out.push(embed::EmbedService::new(&config.embedding.model, e)),
                 Ok(Err(e)) => {
