@@ -106,6 +106,12 @@ enum Command {
     /// Local model commands.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Blob commands.
+    #[command(subcommand, after_help = EXIT_HELP)]
+    File(FileCommand),
+    /// Retrieval commands.
+    #[command(subcommand, after_help = EXIT_HELP)]
+    Rag(RagCommand),
     /// List every capability of the protocol this build knows (no node needed).
     Registry,
     /// Print the node, protocol and descriptor versions.
@@ -117,6 +123,41 @@ enum ModelsCommand {
     /// Download and unpack the default models (SmolLM2-135M-Instruct,
     /// all-MiniLM-L6-v2) into the model directory, with progress.
     Fetch,
+}
+
+#[derive(Subcommand)]
+enum FileCommand {
+    /// Store a file in the running node's blob store with `file.put`, print its CID.
+    Put {
+        /// The file.
+        path: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum RagCommand {
+    /// Store a document (text, Markdown, HTML, PDF) with `file.put` and
+    /// index it with `rag.ingest`; prints the ingest result as JSON.
+    Add {
+        /// The document.
+        path: PathBuf,
+        /// Corpus (one of `rag.corpora`, or `personal`).
+        #[arg(long, default_value = "community")]
+        corpus: String,
+        /// Title (default: the file name).
+        #[arg(long)]
+        title: Option<String>,
+        /// Language code of the text.
+        #[arg(long, default_value = "en")]
+        language: String,
+        /// Extra filterable metadata, KEY=VALUE (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -268,6 +309,23 @@ async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathB
             target,
             timeout,
         } => call(&loaded, &target, &capability, json, timeout).await,
+        Command::File(FileCommand::Put { path, target }) => {
+            match put_file(&loaded, &target, &path).await {
+                Ok(cid) => {
+                    println!("{cid}");
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Command::Rag(RagCommand::Add {
+            path,
+            corpus,
+            title,
+            language,
+            meta,
+            target,
+        }) => rag_add(&loaded, &target, &path, corpus, title, language, &meta).await,
         Command::Caps { remote, target } => {
             let req = nodepb::CapabilitiesRequest {
                 params: None,
@@ -526,6 +584,123 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Pushes a file to the node with `file.put` (the manifest, then every
+/// chunk); returns its CID.
+async fn put_file(loaded: &Loaded, t: &Target, path: &std::path::Path) -> Result<String, ExitCode> {
+    use hearthnet_node::blobs::{CHUNK_BYTES, cid_text};
+    use hearthnet_sdk::proto::hearthnet::file::v1 as filepb;
+    let data = std::fs::read(path).map_err(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        ExitCode::from(2)
+    })?;
+    let chunks: Vec<&[u8]> = if data.is_empty() {
+        vec![&data[..0]]
+    } else {
+        data.chunks(CHUNK_BYTES as usize).collect()
+    };
+    let cid = cid_text(&blake3::hash(&data));
+    let manifest = filepb::PutManifest {
+        cid: cid.clone(),
+        size_bytes: data.len() as u64,
+        chunk_size_bytes: CHUNK_BYTES as u32,
+        chunks: chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| filepb::ChunkRef {
+                i: i as u32,
+                cid: cid_text(&blake3::hash(c)),
+            })
+            .collect(),
+    };
+    let c = client(loaded, t).await?;
+    let first = filepb::PutRequest {
+        frame: Some(filepb::put_request::Frame::Manifest(manifest)),
+    };
+    let call = c.request(
+        "file.put",
+        "1.0",
+        PayloadEncoding::Proto,
+        first.encode_to_vec(),
+    );
+    let (mut sink, mut stream) = c.open(call, None).await.map_err(|e| fail(&e))?;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let frame = filepb::PutRequest {
+            frame: Some(filepb::put_request::Frame::Chunk(filepb::PutChunk {
+                i: i as u32,
+                cid: cid_text(&blake3::hash(chunk)),
+                data: chunk.to_vec(),
+            })),
+        };
+        sink.send(frame.encode_to_vec())
+            .await
+            .map_err(|e| fail(&e))?;
+        if chunks.len() > 8 {
+            eprint!("\rfile.put: {}/{} chunks", i + 1, chunks.len());
+        }
+    }
+    if chunks.len() > 8 {
+        eprintln!();
+    }
+    sink.finish();
+    let mut stored = None;
+    while let Some(item) = stream.next().await.map_err(|e| fail(&e))? {
+        if let CallItem::Data(d) = item {
+            stored = filepb::PutResponse::decode(d.as_slice()).ok();
+        }
+    }
+    if stored.and_then(|r| r.output).is_none() {
+        eprintln!("error: file.put ended without a result");
+        return Err(ExitCode::from(1));
+    }
+    Ok(cid)
+}
+
+/// `hearthnet rag add`: `file.put`, then `rag.ingest`.
+async fn rag_add(
+    loaded: &Loaded,
+    t: &Target,
+    path: &std::path::Path,
+    corpus: String,
+    title: Option<String>,
+    language: String,
+    meta: &[String],
+) -> ExitCode {
+    use hearthnet_sdk::proto::hearthnet::rag::v1 as ragpb;
+    let mut metadata = std::collections::HashMap::new();
+    for m in meta {
+        let Some((k, v)) = m.split_once('=') else {
+            eprintln!("error: --meta `{m}` is not KEY=VALUE");
+            return ExitCode::from(2);
+        };
+        metadata.insert(k.to_string(), v.to_string());
+    }
+    let cid = match put_file(loaded, t, path).await {
+        Ok(cid) => cid,
+        Err(code) => return code,
+    };
+    let title = title.unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let req = ragpb::IngestRequest {
+        params: Some(ragpb::IngestParams { corpus }),
+        input: Some(ragpb::IngestInput {
+            doc_cid: cid,
+            title,
+            language,
+            metadata,
+        }),
+    };
+    match unary::<_, ragpb::IngestResponse>(loaded, t, "rag.ingest", &req).await {
+        Ok(r) => {
+            println!("{}", hearthnet_sdk::json::to_json(&r));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
     }
 }
 

@@ -30,6 +30,11 @@ fn text(b: &[u8]) -> String {
 
 /// Starts `hearthnet run` on a free loopback port; returns the child and its URL.
 fn start(home: &Path) -> (Child, String) {
+    start_with(home, &[])
+}
+
+/// [`start`] with extra environment (later entries win).
+fn start_with(home: &Path, env: &[(&str, String)]) -> (Child, String) {
     let mut child = cmd(home)
         .args(["run"])
         .env("HEARTHNET__TRANSPORT__HOST", "127.0.0.1")
@@ -38,6 +43,7 @@ fn start(home: &Path) -> (Child, String) {
         .env("HEARTHNET__DISCOVERY__UDP_ENABLED", "false")
         .env("HEARTHNET__EMERGENCY__ENABLED", "false")
         .env("HEARTHNET__MODELS__ENABLED", "false")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -212,4 +218,84 @@ fn doctor_reports_missing_key_and_fix() {
         .args(["doctor"])
         .env("HEARTHNET__TRANSPORT__PORT", "0"));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+/// `file put` and `rag add` push a document and index it; `rag.query` then
+/// finds it (needs the provisioned MiniLM).
+#[cfg(feature = "models")]
+#[test]
+fn file_put_and_rag_add() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    assert!(run(cmd(h).args(["init"])).status.success());
+    let models = std::env::var_os("HEARTHNET_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            directories::BaseDirs::new()
+                .unwrap()
+                .cache_dir()
+                .join("hearthnet")
+                .join("models")
+        });
+    let (mut node, url) = start_with(
+        h,
+        &[
+            ("HEARTHNET__MODELS__ENABLED", "true".into()),
+            ("HEARTHNET__MODELS__DIR", models.display().to_string()),
+        ],
+    );
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rag");
+    let sub = |args: &[&str]| {
+        let mut c = cmd(h);
+        c.args(args).args(["--node", &url]);
+        run(&mut c)
+    };
+    let compost = data.join("hot-composting.md");
+    let out = sub(&["file", "put", compost.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cid = format!(
+        "blake3:{}",
+        blake3::hash(&std::fs::read(&compost).unwrap()).to_hex()
+    );
+    assert_eq!(text(&out.stdout).trim(), cid);
+
+    let bread = data.join("sourdough-bread-guide.md");
+    let out = sub(&["rag", "add", bread.to_str().unwrap(), "--meta", "year=2024"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"chunksIndexed\""),
+        "{}",
+        text(&out.stdout)
+    );
+    let bread_cid = format!(
+        "blake3:{}",
+        blake3::hash(&std::fs::read(&bread).unwrap()).to_hex()
+    );
+    let out = sub(&[
+        "call",
+        "rag.query",
+        r#"{"params":{"corpus":"community"},"input":{"query":"keep my sourdough starter alive on holiday","k":1,"filter":{"min_year":"2020"}}}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&bread_cid),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Bad input: exit codes, no panic.
+    let out = sub(&["rag", "add", bread.to_str().unwrap(), "--meta", "nokv"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = sub(&["rag", "add", "/no/such/file.md"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/no/such/file.md"));
+    let out = sub(&["rag", "add", bread.to_str().unwrap(), "--corpus", "nope"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "not_found: {}",
+        text(&out.stderr)
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
 }
