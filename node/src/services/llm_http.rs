@@ -411,6 +411,19 @@ impl HttpBackend {
         Value::Object(body)
     }
 
+    /// The server-sent events of the response's next chunk, and whether
+    /// the body has ended.
+    async fn next_events(
+        &self,
+        resp: &mut reqwest::Response,
+        sse: &mut SseParser,
+    ) -> Result<(Vec<SseEvent>, bool), BackendError> {
+        match resp.chunk().await.map_err(|e| self.broken(&e))? {
+            Some(bytes) => Ok((sse.push(&bytes).map_err(|m| self.failed(m))?, false)),
+            None => Ok((sse.finish().into_iter().collect(), true)),
+        }
+    }
+
     async fn openai_stream(
         &self,
         mut resp: reqwest::Response,
@@ -421,12 +434,7 @@ impl HttpBackend {
         let mut finish: Option<String> = None;
         let mut done = false;
         while !done {
-            let chunk = resp.chunk().await.map_err(|e| self.broken(&e))?;
-            let eof = chunk.is_none();
-            let events = match &chunk {
-                Some(bytes) => sse.push(bytes).map_err(|m| self.failed(m))?,
-                None => sse.finish().into_iter().collect(),
-            };
+            let (events, eof) = self.next_events(&mut resp, &mut sse).await?;
             for ev in events {
                 if ev.data.trim() == "[DONE]" {
                     done = true;
@@ -501,12 +509,7 @@ impl HttpBackend {
         let mut reason: Option<String> = None;
         let mut done = false;
         while !done {
-            let chunk = resp.chunk().await.map_err(|e| self.broken(&e))?;
-            let eof = chunk.is_none();
-            let events = match &chunk {
-                Some(bytes) => sse.push(bytes).map_err(|m| self.failed(m))?,
-                None => sse.finish().into_iter().collect(),
-            };
+            let (events, eof) = self.next_events(&mut resp, &mut sse).await?;
             for ev in events {
                 let e: AnEvent = serde_json::from_str(&ev.data)
                     .map_err(|e| self.failed(format!("malformed stream event: {e}")))?;
