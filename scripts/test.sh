@@ -23,7 +23,7 @@ cargo run --quiet --locked -p hearthnet -- models fetch
 
 step "cargo nextest"
 CORPUS_OUT="$(mktemp -d)/differential.json"
-HEARTHNET_CORPUS_OUT="$CORPUS_OUT" cargo nextest run --workspace --locked --no-fail-fast --success-output final --failure-output final \
+HEARTHNET_CORPUS_OUT="$CORPUS_OUT" cargo nextest run --workspace --locked --no-fail-fast --success-output never --failure-output final \
   -E 'not binary(differential)'
 HEARTHNET_CORPUS_OUT="$CORPUS_OUT" cargo nextest run --workspace --locked --success-output immediate -E 'binary(differential)'
 

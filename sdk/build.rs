@@ -6,7 +6,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=HEARTHNET_PROTO_DIR");
     let root = match std::env::var_os("HEARTHNET_PROTO_DIR") {
         Some(dir) => std::path::PathBuf::from(dir),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto"),
+        // Read at run time, not with env!(): cargo reuses a compiled build
+        // script when the checkout moves, and a baked-in path goes stale.
+        None => std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR set by cargo"),
+        )
+        .join("../protocol/proto"),
     };
     println!("cargo:rerun-if-changed={}", root.display());
     if let Some(dir) = root.parent() {

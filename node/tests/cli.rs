@@ -244,7 +244,10 @@ fn file_put_and_rag_add() {
             ("HEARTHNET__MODELS__DIR", models.display().to_string()),
         ],
     );
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rag");
+    let data = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/data/rag");
     let sub = |args: &[&str]| {
         let mut c = cmd(h);
         c.args(args).args(["--node", &url]);

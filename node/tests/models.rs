@@ -321,8 +321,10 @@ async fn the_official_openai_client_uses_the_node() {
                 .join("tools")
         });
     let python = tools.join("venv").join("bin").join("python");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/openai_check.py");
+    let script = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../scripts/openai_check.py");
     let base = format!("http://{}/v1", node.addr());
     let out = tokio::process::Command::new(&python)
         .arg(&script)

@@ -99,7 +99,10 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto");
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../protocol/proto");
     let mut g = c.benchmark_group("generator");
     g.sample_size(10);
     g.bench_function("protox_compile", |b| {

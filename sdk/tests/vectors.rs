@@ -6,7 +6,7 @@
 //! files from the generator below (Ed25519 is deterministic, so they only
 //! change when the generator does).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hearthnet_sdk::identity::{Cid, IdError, NodeId, SecretKey, SignatureBytes};
 use hearthnet_sdk::proto::hearthnet::bus::v1::{CallRequest, PayloadEncoding};
@@ -25,7 +25,10 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/vectors")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../protocol/vectors")
 }
 
 /// ed25519 group order L, little-endian.
