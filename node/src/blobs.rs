@@ -586,12 +586,14 @@ impl BlobStore {
     pub fn open(dir: &Path, quota: u64) -> Result<Self, BlobError> {
         fs::create_dir_all(dir.join("data"))?;
         fs::create_dir_all(dir.join("partial"))?;
+        // The index's lock first: leftovers are only removed once no other
+        // instance can be writing them.
+        let db = crate::storage::open_database(&dir.join("index"))?;
         let tmp = dir.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        let db = Database::builder(dir.join("index")).open()?;
         let index = db.keyspace("blobs", KeyspaceCreateOptions::default)?;
         let chunk_index = db.keyspace("chunks", KeyspaceCreateOptions::default)?;
         let origins = db.keyspace("origins", KeyspaceCreateOptions::default)?;

@@ -21,6 +21,7 @@ pub mod node;
 pub mod obs;
 pub mod rag;
 pub mod services;
+mod storage;
 pub mod transport;
 
 pub use node::{NodeBuilder, RunningNode};

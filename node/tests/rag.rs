@@ -25,14 +25,17 @@ use hearthnet_node::{NodeBuilder, RunningNode};
 use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
 use hearthnet_sdk::proto::hearthnet::embed::v1 as embed;
 use hearthnet_sdk::proto::hearthnet::rag::v1 as rag;
+use hearthnet_sdk::proto::hearthnet::rerank::v1 as rerank;
 
 const HASH_MODEL: &str = "test/hash-embed";
 const DIM: usize = 64;
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/rag")
-        .join(name)
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/data/rag")
+    .join(name)
 }
 
 /// `embed.text` over hashed bags of words: texts sharing words are close.
@@ -626,4 +629,106 @@ async fn ten_questions_on_the_shipped_corpus() {
     eprintln!("{}", report.join("\n"));
     assert!(right >= 9, "{right}/10 right first:\n{}", report.join("\n"));
     node.shutdown().await;
+}
+
+/// `rerank.text` that puts documents mentioning "sauerkraut" first (score
+/// 1) and the rest after (score 0), keeping their order.
+struct SauerkrautRerank;
+
+impl Service for SauerkrautRerank {
+    fn name(&self) -> &str {
+        "sauerkraut-rerank"
+    }
+
+    fn offers(&self) -> Vec<Offer> {
+        let mut o = Offer::all(&["rerank.text"]);
+        o[0].params.insert("model".into(), "test/sauerkraut".into());
+        o
+    }
+
+    fn call(&self, req: Request, out: Sink) -> BoxFuture<'static, Result<(), CallError>> {
+        async move {
+            let r: rerank::TextRequest = req.decode()?;
+            let docs = r.input.unwrap_or_default().documents;
+            let mut ranked: Vec<rerank::RankedDocument> = docs
+                .iter()
+                .map(|d| rerank::RankedDocument {
+                    id: d.id.clone(),
+                    score: if d.text.to_lowercase().contains("sauerkraut") {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                })
+                .collect();
+            ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+            out.send(&rerank::TextResponse {
+                output: Some(rerank::TextOutput { ranked }),
+                meta: Some(rerank::TextMeta {
+                    ms: 0,
+                    model: "test/sauerkraut".into(),
+                    truncated: 0,
+                }),
+            })
+            .await
+        }
+        .boxed()
+    }
+}
+
+/// With `rag.rerank` on, `rag.query` returns the reranker's order and
+/// scores; off, the fused order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_reorders_the_fused_results() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut nodes = Vec::new();
+    for (i, on) in [false, true].into_iter().enumerate() {
+        let mut c = common::config(dirs[i].path());
+        c.rag.corpora = vec!["community".into()];
+        c.rag.embedding_model = Some(HASH_MODEL.into());
+        c.rag.rerank = on;
+        let node = NodeBuilder::new(c)
+            .key(common::key(10 + i as u8))
+            .service(Arc::new(HashEmbed))
+            .service(Arc::new(SauerkrautRerank))
+            .start()
+            .await
+            .unwrap();
+        for doc in [
+            "sourdough-bread-guide.md",
+            "preserving-the-harvest.md",
+            "hot-composting.md",
+        ] {
+            let cid = put(&node, doc);
+            ingest(&node, "community", &cid, doc, &[]).await.unwrap();
+        }
+        nodes.push(node);
+    }
+    let ask = "How do I keep my sourdough starter alive?";
+    let plain = query(&nodes[0], "community", ask, Some(3), &[])
+        .await
+        .unwrap();
+    let plain = plain.output.unwrap().chunks;
+    assert_eq!(
+        plain[0].metadata.clone().unwrap().doc_title,
+        "sourdough-bread-guide.md"
+    );
+    let reranked = query(&nodes[1], "community", ask, Some(3), &[])
+        .await
+        .unwrap();
+    let reranked = reranked.output.unwrap().chunks;
+    assert_eq!(reranked.len(), 3);
+    assert_eq!(
+        reranked[0].metadata.clone().unwrap().doc_title,
+        "preserving-the-harvest.md"
+    );
+    assert_eq!(reranked[0].score, 1.0);
+    assert!(reranked[0].text.to_lowercase().contains("sauerkraut"));
+    assert_eq!(
+        reranked.iter().map(|c| c.rank).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
 }

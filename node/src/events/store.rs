@@ -119,7 +119,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(fjall::Error::Io)?;
-        let db = Database::builder(dir).open()?;
+        let db = crate::storage::open_database(dir)?;
         let ids = db.keyspace("ids", KeyspaceCreateOptions::default)?;
         let chain = db.keyspace("chain", KeyspaceCreateOptions::default)?;
         let order = db.keyspace("order", KeyspaceCreateOptions::default)?;

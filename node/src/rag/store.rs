@@ -200,7 +200,7 @@ impl RagStore {
     /// Opens (or creates) the store in `dir` and loads every corpus.
     pub fn open(dir: &Path) -> Result<Arc<Self>, RagError> {
         std::fs::create_dir_all(dir).map_err(|e| RagError::Io(dir.display().to_string(), e))?;
-        let db = Database::builder(dir).open()?;
+        let db = crate::storage::open_database(dir)?;
         let corpora_ks = db.keyspace("corpora", KeyspaceCreateOptions::default)?;
         let docs_ks = db.keyspace("docs", KeyspaceCreateOptions::default)?;
         let chunks_ks = db.keyspace("chunks", KeyspaceCreateOptions::default)?;
