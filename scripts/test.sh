@@ -50,6 +50,17 @@ step "python jsonschema cross-check"
 step "second implementation: examples/python-node against the Rust CLI and node"
 HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" bash examples/python-node/selftest.sh
 
+step "conformance: the suite against our node and the Python node"
+cargo build --quiet --locked -p hearthnet-conformance
+CONF="$CARGO_TARGET_DIR/debug/hearthnet-conformance"
+CONF_OUT="$(mktemp -d)"
+HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" "$CONF" run --key "$CONF_OUT/runner.key" \
+  --launch 'bash conformance/targets/hearthnet-rs.sh' --expect-tier silver --out "$CONF_OUT/rust"
+"$CONF" verify "$CONF_OUT/rust"
+"$CONF" run --key "$CONF_OUT/runner.key" --expect-tier bronze --out "$CONF_OUT/python" \
+  --launch 'exec examples/python-node/run.sh --port {port} --data-dir {data} --trust {caller}=trusted'
+"$CONF" verify "$CONF_OUT/python"
+
 step "python identity and signing vectors"
 "$TOOLS/venv/bin/python" examples/python/check_vectors.py
 

@@ -11,6 +11,7 @@ limit → concurrency → schema hash → rpc kind → payload decoding → exec
 under the deadline.
 """
 import asyncio
+import base64
 import collections
 import json
 import os
@@ -76,6 +77,20 @@ def _no_duplicate_keys(pairs):
     return dict(pairs)
 
 
+def _check_base64(text, path):
+    """BUS-025: standard or URL-safe base64, padded or not, with canonical
+    (zero) trailing bits; the stock parser accepts non-canonical ones."""
+    if not isinstance(text, str):
+        return
+    bare = text.rstrip("=")
+    if not re.fullmatch(r"[A-Za-z0-9+/_-]*", bare) or len(bare) % 4 == 1:
+        raise ValueError(f"{path}: not base64")
+    std = bare.replace("-", "+").replace("_", "/")
+    raw = base64.b64decode(std + "=" * (-len(std) % 4))
+    if base64.b64encode(raw).decode().rstrip("=") != std:
+        raise ValueError(f"{path}: base64 with non-canonical trailing bits")
+
+
 def _check_nulls(value, descriptor, path=""):
     """What the stock parser lets through: a field named both ways (BUS-020);
     `null` for a field without presence (BUS-027: only message fields,
@@ -92,6 +107,9 @@ def _check_nulls(value, descriptor, path=""):
         f = by_name.get(key)
         if f is None:
             continue  # unknown keys are refused by the parser (BUS-021)
+        if f.type == FieldDescriptor.TYPE_BYTES and v is not None:
+            for i, item in enumerate(v if _is_repeated(f) and isinstance(v, list) else [v]):
+                _check_base64(item, f"{path}/{key}" + (f"/{i}" if _is_repeated(f) else ""))
         if v is None:
             has_presence = (f.type == FieldDescriptor.TYPE_MESSAGE and not _is_repeated(f)) \
                 or f.containing_oneof is not None

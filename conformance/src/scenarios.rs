@@ -1,0 +1,394 @@
+//! Cases written as code: several calls, the HTTP binding byte for byte,
+//! and restarts of a launched target.
+
+use std::time::Duration;
+
+use hearthnet_sdk::proto::hearthnet::identity::v1::SignedEnvelope;
+use hearthnet_sdk::proto::hearthnet::node::v1 as node;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cases::{Case, Encoding, Expect, Payload};
+use crate::run::{self, CaseResult, Failure, Keys, Outcome, Preflight};
+use crate::target::Target;
+
+/// A scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    ManifestSigned,
+    HttpManifest,
+    HttpHealth,
+    HttpErrorBody,
+    RestartKeepsNodeId,
+    SigtermStops,
+}
+
+/// (scenario, section, id, clauses, capability it needs, spec file).
+type Entry = (
+    Scenario,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+);
+
+const ALL: &[Entry] = &[
+    (
+        Scenario::ManifestSigned,
+        "core/identity",
+        "manifest_is_signed_by_the_target_for_30_seconds",
+        &["IDENT-020", "IDENT-021", "IDENT-022"],
+        "node.manifest",
+        "protocol/spec/identity.md",
+    ),
+    (
+        Scenario::HttpManifest,
+        "core/transport",
+        "http_get_manifest_answers_without_authentication",
+        &["NODE-006", "BUS-031"],
+        "node.manifest",
+        "protocol/spec/node.md",
+    ),
+    (
+        Scenario::HttpHealth,
+        "core/transport",
+        "http_get_health_answers_200",
+        &["NODE-007"],
+        "protocol.describe",
+        "protocol/spec/node.md",
+    ),
+    (
+        Scenario::HttpErrorBody,
+        "core/transport",
+        "http_error_body_uses_code_and_its_status",
+        &["BUS-018", "BUS-030", "BUS-012"],
+        "protocol.describe",
+        "protocol/spec/bus.md",
+    ),
+    (
+        Scenario::RestartKeepsNodeId,
+        "operability/restart",
+        "restart_keeps_the_node_id",
+        &["IDENT-015"],
+        "protocol.describe",
+        "protocol/spec/identity.md",
+    ),
+    (
+        Scenario::SigtermStops,
+        "operability/shutdown",
+        "sigterm_stops_the_node_within_ten_seconds",
+        &["NODE-007"],
+        "protocol.describe",
+        "protocol/spec/node.md",
+    ),
+];
+
+/// The scenario cases.
+pub fn cases() -> Vec<Case> {
+    ALL.iter()
+        .map(|(_, section, id, clauses, cap, spec)| Case {
+            test_id: format!("{section}/{id}"),
+            section: section.to_string(),
+            spec_ref: spec.to_string(),
+            clauses: clauses.iter().map(|c| c.to_string()).collect(),
+            summary: String::new(),
+            capability: cap.to_string(),
+            requires: vec![cap.to_string()],
+            version: "1.0".into(),
+            payload: Payload::Json(serde_json::json!({})),
+            encoding: Encoding::Proto,
+            mutate: None,
+            expect: Expect::default(),
+        })
+        .collect()
+}
+
+/// The scenario behind a test id.
+pub fn find(test_id: &str) -> Option<Scenario> {
+    ALL.iter()
+        .find(|(_, section, id, ..)| format!("{section}/{id}") == test_id)
+        .map(|(s, ..)| *s)
+}
+
+fn fail(observed: impl Into<String>, expected: impl Into<String>) -> Outcome {
+    Outcome::Fail(Failure {
+        observed: observed.into(),
+        expected: expected.into(),
+        also_broken: Vec::new(),
+    })
+}
+
+/// Runs a scenario.
+pub async fn run(
+    s: Scenario,
+    target: &mut Target,
+    keys: &Keys,
+    pre: &Preflight,
+    case: &Case,
+) -> CaseResult {
+    let mut result = CaseResult {
+        case: case.clone(),
+        outcome: Outcome::Pass,
+        payload_json: "{}".into(),
+    };
+    for r in &case.requires {
+        if !pre.advertised.contains_key(r) {
+            result.outcome = Outcome::Skip(format!("not_advertised: {r}"));
+            return result;
+        }
+    }
+    result.outcome = match s {
+        Scenario::ManifestSigned => manifest_signed(target, keys, pre).await,
+        Scenario::HttpManifest => match http(target, "GET", "/manifest", &[], b"").await {
+            Err(e) => fail(e, "200 with the manifest's JSON"),
+            Ok((200, _, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(v) if v.is_object() => Outcome::Pass,
+                _ => fail(
+                    format!("a body that is not a JSON object: {}", preview(&body)),
+                    "the proto3 JSON of the signed manifest",
+                ),
+            },
+            Ok((status, ..)) => fail(format!("status {status}"), "200"),
+        },
+        Scenario::HttpHealth => match http(target, "GET", "/health", &[], b"").await {
+            Ok((200, ..)) => Outcome::Pass,
+            Ok((status, ..)) => fail(format!("status {status}"), "200"),
+            Err(e) => fail(e, "200"),
+        },
+        Scenario::HttpErrorBody => {
+            result.payload_json =
+                "POST /bus/v1/call, X-HearthNet-Capability: conformance.no.such, body {}".into();
+            match http(
+                target,
+                "POST",
+                "/bus/v1/call",
+                &[
+                    ("X-HearthNet-Capability", "conformance.no.such"),
+                    ("Content-Type", "application/json"),
+                ],
+                b"{}",
+            )
+            .await
+            {
+                Err(e) => fail(e, "404 with {\"code\":\"not_found\"}"),
+                Ok((status, _, body)) => {
+                    let v: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+                    let code = v
+                        .as_ref()
+                        .and_then(|v| v.get("code"))
+                        .and_then(|c| c.as_str())
+                        .map(str::to_string);
+                    match (status, code.as_deref()) {
+                        (404, Some("not_found")) => Outcome::Pass,
+                        _ => fail(
+                            format!("status {status}, body {}", preview(&body)),
+                            "status 404 (not_found's http_status), body {\"code\":\"not_found\",…}",
+                        ),
+                    }
+                }
+            }
+        }
+        Scenario::RestartKeepsNodeId => {
+            if !target.is_launched() {
+                Outcome::Skip("not_launched: needs --launch".into())
+            } else {
+                match restart(target, keys).await {
+                    Err(e) => fail(e, "the target back after a restart"),
+                    Ok(_) => match run::preflight(target, keys).await {
+                        Ok(p) if p.node == pre.node => Outcome::Pass,
+                        Ok(p) => fail(
+                            format!("NodeID {} after the restart", p.node),
+                            format!("NodeID {}", pre.node),
+                        ),
+                        Err(e) => fail(e.to_string(), "protocol.describe after the restart"),
+                    },
+                }
+            }
+        }
+        Scenario::SigtermStops => {
+            if !target.is_launched() {
+                Outcome::Skip("not_launched: needs --launch".into())
+            } else {
+                match restart(target, keys).await {
+                    Ok(true) => Outcome::Pass,
+                    Ok(false) => fail(
+                        "still running 10 s after SIGTERM",
+                        "a clean exit on SIGTERM",
+                    ),
+                    Err(e) => fail(e, "a clean exit on SIGTERM, then a restart"),
+                }
+            }
+        }
+    };
+    result
+}
+
+/// Restarts a launched target on its data; whether it stopped cleanly.
+async fn restart(target: &mut Target, keys: &Keys) -> Result<bool, String> {
+    let clean = target.restart(false).await.map_err(|e| e.to_string())?;
+    target
+        .wait_ready(|| {
+            run::signed_call(
+                &keys.caller,
+                "protocol.version.list",
+                "1.0",
+                hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding::Proto,
+                Vec::new(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(clean)
+}
+
+async fn manifest_signed(target: &Target, keys: &Keys, pre: &Preflight) -> Outcome {
+    let resp: node::ManifestResponse = match run::unary(
+        target,
+        &keys.caller,
+        "node.manifest",
+        &node::ManifestRequest::default(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(e, "a node.manifest response"),
+    };
+    let bytes = resp.output.map(|o| o.signed_manifest).unwrap_or_default();
+    let env = match SignedEnvelope::decode(bytes.as_slice()) {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(
+                format!("signed_manifest is not a SignedEnvelope: {e}"),
+                "a SignedEnvelope",
+            );
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    match hearthnet_sdk::records::verify_node_manifest(&env, now) {
+        Err(e) => fail(
+            format!("the manifest does not verify: {e}"),
+            "a manifest signed under node.manifest",
+        ),
+        Ok((signer, _)) if signer != pre.node => fail(
+            format!("signed by {signer}"),
+            format!("signed by the target {}", pre.node),
+        ),
+        Ok((_, m)) => {
+            let life = m.expires_at.map_or(0, |t| t.seconds) - m.issued_at.map_or(0, |t| t.seconds);
+            if life == 30 {
+                Outcome::Pass
+            } else {
+                fail(
+                    format!("a lifetime of {life} s"),
+                    "expires_at = issued_at + 30 s",
+                )
+            }
+        }
+    }
+}
+
+fn preview(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s: String = s.chars().take(200).collect();
+    format!("{s:?}")
+}
+
+/// One HTTP/1.1 exchange with the target's port: (status, headers, body).
+async fn http(
+    target: &Target,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String, Vec<u8>), String> {
+    let authority = target
+        .url()
+        .split_once("://")
+        .map(|(_, a)| a.trim_end_matches('/').to_string())
+        .ok_or("no authority")?;
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(body).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(out)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())??;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP response: {}", preview(&raw)))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut rest = raw[split + 4..].to_vec();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "bad status line: {}",
+                head.lines().next().unwrap_or_default()
+            )
+        })?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        rest = dechunk(&rest).ok_or("a malformed chunked body")?;
+    }
+    Ok((status, head, rest))
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"zz\r\n").is_none());
+        assert!(dechunk(b"5\r\nab").is_none());
+    }
+
+    #[test]
+    fn every_scenario_is_found_by_its_id() {
+        for c in cases() {
+            assert!(find(&c.test_id).is_some(), "{}", c.test_id);
+        }
+    }
+}
