@@ -184,16 +184,12 @@ impl Target {
             return Ok(true);
         }
         if let Some(pid) = l.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", "--", &format!("-{pid}")])
-                .status();
+            signal_group(pid, "-TERM");
         }
         let clean = tokio::time::timeout(grace, l.child.wait()).await.is_ok();
         if !clean {
             if let Some(pid) = l.child.id() {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
-                    .status();
+                signal_group(pid, "-KILL");
             }
             let _ = l.child.wait().await;
         }
@@ -274,11 +270,17 @@ impl Drop for Target {
         if let Some(l) = &mut self.launched
             && let Some(pid) = l.child.id()
         {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
+            signal_group(pid, "-KILL");
         }
     }
+}
+
+/// Sends `signal` to the process group `pid` leads (launched targets run in
+/// their own group, so a shell wrapper's children get it too).
+fn signal_group(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{pid}")])
+        .status();
 }
 
 fn free_port() -> Result<u16, std::io::Error> {
