@@ -12,6 +12,8 @@ use crate::cases::{Case, Encoding, Expect, Payload};
 use crate::run::{self, CaseResult, Failure, Keys, Outcome, Preflight};
 use crate::target::Target;
 
+mod events;
+
 /// A scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -21,6 +23,8 @@ pub enum Scenario {
     HttpErrorBody,
     RestartKeepsNodeId,
     SigtermStops,
+    EventLogMatchesHeads,
+    EventPushSortsOffers,
 }
 
 /// (scenario, section, id, clauses, capability it needs, spec file).
@@ -82,6 +86,22 @@ const ALL: &[Entry] = &[
         "protocol.describe",
         "protocol/spec/node.md",
     ),
+    (
+        Scenario::EventLogMatchesHeads,
+        "core/events",
+        "fetched_log_matches_the_heads_and_verifies",
+        &["EVT-027", "EVT-028", "EVT-001", "EVT-005"],
+        "event.sync.fetch",
+        "protocol/spec/events.md",
+    ),
+    (
+        Scenario::EventPushSortsOffers,
+        "core/events",
+        "push_counts_duplicates_and_refuses_forged_and_unknown_authors",
+        &["EVT-029", "EVT-018", "EVT-019", "EVT-031", "EVT-046"],
+        "event.sync.push",
+        "protocol/spec/events.md",
+    ),
 ];
 
 /// The scenario cases.
@@ -140,6 +160,8 @@ pub async fn run(
     }
     result.outcome = match s {
         Scenario::ManifestSigned => manifest_signed(target, keys, pre).await,
+        Scenario::EventLogMatchesHeads => events::log_matches_heads(target, keys, pre).await,
+        Scenario::EventPushSortsOffers => events::push_sorts_offers(target, keys, pre).await,
         Scenario::HttpManifest => match http(target, "GET", "/manifest", &[], b"").await {
             Err(e) => fail(e, "200 with the manifest's JSON"),
             Ok((200, _, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
