@@ -185,23 +185,13 @@ fn join_event(keys: &Keys, logs: &[Fetched], community: &str) -> Option<ev::Sign
             Timestamp::now(),
         )),
     };
-    Some(signed_event(
-        keys,
+    Some(signed_event_by(
+        &keys.caller,
         community,
         "community.member.joined",
         lamport + 1,
         joined.encode_to_vec(),
     ))
-}
-
-fn signed_event(
-    keys: &Keys,
-    community: &str,
-    kind: &str,
-    lamport: u64,
-    payload: Vec<u8>,
-) -> ev::SignedEvent {
-    signed_event_by(&keys.caller, community, kind, lamport, payload)
 }
 
 fn signed_event_by(
