@@ -634,9 +634,12 @@ async fn put_file(loaded: &Loaded, t: &Target, path: &std::path::Path) -> Result
                 data: chunk.to_vec(),
             })),
         };
-        sink.send(frame.encode_to_vec())
-            .await
-            .map_err(|e| fail(&e))?;
+        match sink.send(frame.encode_to_vec()).await {
+            Ok(()) => {}
+            // The node refused the put: its error frame, read below, says why.
+            Err(ClientError::Ended) => break,
+            Err(e) => return Err(fail(&e)),
+        }
         if chunks.len() > 8 {
             eprint!("\rfile.put: {}/{} chunks", i + 1, chunks.len());
         }

@@ -94,7 +94,12 @@ async fn put(client: &Client, data: &[u8], send: &[usize]) -> Result<pb::PutResp
     );
     let (mut sink, mut stream) = client.open(call, None).await?;
     for &i in send {
-        sink.send(put_chunk(data, i)).await?;
+        match sink.send(put_chunk(data, i)).await {
+            Ok(()) => {}
+            // Refused early: the stream below carries the node's reason.
+            Err(ClientError::Ended) => break,
+            Err(e) => return Err(e),
+        }
     }
     sink.finish();
     let mut out = None;

@@ -50,6 +50,10 @@ pub enum ClientError {
     /// A data frame is not the expected message.
     #[error("cannot decode response: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// [`OpenSink::send`]: the provider ended the call before reading this
+    /// message; its [`CallStream`] carries the reason (an `error` frame).
+    #[error("the provider ended the stream")]
+    Ended,
 }
 
 impl ClientError {
@@ -293,7 +297,9 @@ pub struct OpenSink {
 impl OpenSink {
     /// Sends one encoded client message, first waiting while
     /// `STREAM_WINDOW_FRAMES` frames are unacknowledged; no ack for
-    /// `STREAM_ACK_TIMEOUT_SECONDS` breaks the stream.
+    /// `STREAM_ACK_TIMEOUT_SECONDS` breaks the stream. [`ClientError::Ended`]
+    /// means the provider has already answered (often refused the call):
+    /// stop sending and read the [`CallStream`] for its reason.
     pub async fn send(&mut self, message: Vec<u8>) -> Result<(), ClientError> {
         let window = crate::constants::STREAM_WINDOW_FRAMES as u64;
         let seq = self.seq;
@@ -305,11 +311,7 @@ impl OpenSink {
         .await
         {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => {
-                return Err(ClientError::Protocol(
-                    "the provider ended the stream".into(),
-                ));
-            }
+            Ok(Err(_)) => return Err(ClientError::Ended),
             Err(_) => {
                 return Err(ClientError::Protocol(
                     "no ack from the provider in time".into(),
@@ -327,7 +329,7 @@ impl OpenSink {
             })),
         })
         .await
-        .map_err(|_| ClientError::Protocol("the provider ended the stream".into()))?;
+        .map_err(|_| ClientError::Ended)?;
         self.seq += 1;
         Ok(())
     }
