@@ -61,6 +61,10 @@ HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" "$CONF" run --key "$CONF_OUT/r
   --launch 'exec examples/python-node/run.sh --port {port} --data-dir {data} --trust {caller}=trusted'
 "$CONF" verify "$CONF_OUT/python"
 
+step "conformance mutants: every injected node fault is caught by the suite"
+HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" HEARTHNET_CONFORMANCE_BIN="$CONF" \
+  PYTHON="$TOOLS/venv/bin/python" bash conformance/mutants/run.sh "$CONF_OUT/mutants"
+
 step "python identity and signing vectors"
 "$TOOLS/venv/bin/python" examples/python/check_vectors.py
 

@@ -72,7 +72,7 @@ pub enum Mutation {
     RightSchemaHash,
     /// `community` names a community the target is not part of.
     ForeignCommunity,
-    /// A payload of `BUS_MAX_PAYLOAD_BYTES + 1` bytes.
+    /// The request padded with an unknown field to `BUS_MAX_PAYLOAD_BYTES + 1` bytes.
     OversizedPayload,
     /// An unknown field (number 999) appended to the protobuf payload.
     UnknownProtoField,

@@ -24,7 +24,9 @@ if [ "${HEARTHNET_CONFORMANCE_NO_COMMUNITY:-0}" != 1 ]; then
     # Only the node itself may invite (decision 0067): start it once on a
     # port of its own choosing (the runner waits on $port), invite the
     # runner's caller as the node, stop it, then serve.
-    "$bin" run --no-models --port 0 >"$data/.conformance-setup.log" 2>&1 &
+    # The set-up start never injects faults (HEARTHNET_TEST_FAULTS is for the
+    # served node only; see conformance/mutants/run.sh).
+    env -u HEARTHNET_TEST_FAULTS "$bin" run --no-models --port 0 >"$data/.conformance-setup.log" 2>&1 &
     setup=$!
     for _ in $(seq 1 300); do
       url="$(sed -n 's/^hearthnet node .* listening on \(http:[^ ]*\).*/\1/p' "$data/.conformance-setup.log")"

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod emergency;
 pub mod error;
 pub mod events;
+pub mod faults;
 #[cfg(feature = "models")]
 pub mod models;
 pub mod node;

@@ -528,6 +528,10 @@ async fn run(loaded: Loaded, json_logs: bool, port: Option<u16>, no_models: bool
         &config.observability.log_level,
         json_logs || config.observability.log_format == "json",
     );
+    if let Err(e) = hearthnet_node::faults::init_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     if let Some(p) = port {
         config.transport.port = p;
     }

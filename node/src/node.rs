@@ -20,6 +20,7 @@ use crate::bus::{Bus, Service, Settings, Trust};
 use crate::config::{Config, ConfigError};
 use crate::events::sync::EventService;
 use crate::events::{Durability, EventLog};
+use crate::faults::{self, Fault};
 use crate::obs::{Metrics, TraceRing};
 use crate::services::builtin::{Diag, Introspection, NodeInfo};
 use crate::services::chat::ChatService;
@@ -73,7 +74,11 @@ pub enum StartError {
 /// Loads the node key, creating it (0600) when allowed.
 pub fn load_or_create_key(path: &Path, create: bool) -> Result<SecretKey, StartError> {
     if path.exists() {
-        return Ok(SecretKey::load(path)?);
+        if !faults::on(Fault::NewIdentityOnRestart) {
+            return Ok(SecretKey::load(path)?);
+        }
+        // The mutant forgets its identity (the saved key is replaced).
+        let _ = std::fs::remove_file(path);
     }
     if !create {
         return Err(StartError::NoKey(path.display().to_string()));

@@ -203,6 +203,21 @@ fn config_errors_name_file_line_and_key() {
 }
 
 #[test]
+fn an_unknown_injected_fault_stops_the_start() {
+    let home = tempfile::tempdir().unwrap();
+    let out = run(cmd(home.path())
+        .args(["run", "--no-models", "--port", "0"])
+        .env("HEARTHNET__TRANSPORT__HOST", "127.0.0.1")
+        .env("HEARTHNET_TEST_FAULTS", "drop_final_done,no_such_fault"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unknown fault `no_such_fault`") && err.contains("accept_bad_signature"),
+        "{err}"
+    );
+}
+
+#[test]
 fn doctor_reports_missing_key_and_fix() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();

@@ -41,6 +41,7 @@ pub use health::Health;
 pub use service::{Input, Item, Offer, Request, Service, Sink};
 
 use crate::error::CallError;
+use crate::faults::{self, Fault};
 use crate::obs::{CallLabels, CapLabels, Metrics, TraceRing};
 
 /// Trust levels, in order (decision 0040).
@@ -575,9 +576,14 @@ impl Bus {
             Ok(()) => {
                 let (checked, verified) = self.inner.verifier.verify(call).await;
                 call = checked;
-                verified
-                    .map_err(|e| CallError::new(e.code(), e.to_string()))
-                    .and_then(|caller| self.admit(&call, caller))
+                let verified = match verified {
+                    Err(_) if faults::on(Fault::AcceptBadSignature) => call
+                        .caller
+                        .parse::<NodeId>()
+                        .map_err(|_| CallError::bad_request("caller is not a NodeID")),
+                    other => other.map_err(|e| CallError::new(e.code(), e.to_string())),
+                };
+                verified.and_then(|caller| self.admit(&call, caller))
             }
             Err(e) => Err(e),
         };
@@ -715,7 +721,9 @@ impl Bus {
 
     /// Cheap checks before the signature: sizes, version and request id syntax.
     fn precheck(&self, call: &CallRequest) -> Result<(), CallError> {
-        if call.payload.len() > k::BUS_MAX_PAYLOAD_BYTES as usize {
+        if call.payload.len() > k::BUS_MAX_PAYLOAD_BYTES as usize
+            && !faults::on(Fault::NoPayloadLimit)
+        {
             return Err(CallError::bad_request(format!(
                 "payload of {} bytes exceeds {} bytes",
                 call.payload.len(),
@@ -746,16 +754,22 @@ impl Bus {
         let ts = call
             .timestamp
             .ok_or_else(|| CallError::bad_request("timestamp is missing"))?;
-        {
+        if !faults::on(Fault::SkipReplayCheck) {
+            let now = if faults::on(Fault::IgnoreTimestamp) {
+                ts.seconds
+            } else {
+                Timestamp::now().seconds
+            };
             let mut replay = self.inner.replay.lock().unwrap_or_else(|e| e.into_inner());
             replay
-                .check(&call.request_id, ts.seconds, Timestamp::now().seconds)
+                .check(&call.request_id, ts.seconds, now)
                 .map_err(|e| CallError::new(e.code(), e.to_string()))?;
         }
         // A call naming another community is a federated call: its caller
         // counts as `unknown` (decision 0074).
         let foreign = !call.community.is_empty()
-            && self.inner.settings.community.as_deref() != Some(call.community.as_str());
+            && self.inner.settings.community.as_deref() != Some(call.community.as_str())
+            && !faults::on(Fault::AcceptForeignCommunity);
         if self.is_revoked(&caller) {
             return Err(CallError::new(
                 ErrorCode::Revoked,
@@ -768,12 +782,20 @@ impl Bus {
             self.trust_of(&caller, &call.caller)
         };
         let want = routing_param(call);
-        let route = self.route(
-            &call.capability,
-            min,
-            caller == self.inner.me,
-            want.as_ref(),
-        )?;
+        let route = self
+            .route(
+                &call.capability,
+                min,
+                caller == self.inner.me,
+                want.as_ref(),
+            )
+            .map_err(|e| {
+                if e.code == ErrorCode::NotFound && faults::on(Fault::WrongErrorCode) {
+                    CallError::bad_request(e.message)
+                } else {
+                    e
+                }
+            })?;
         let cap = match &route {
             Route::Local((name, major)) => {
                 let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
@@ -800,7 +822,7 @@ impl Bus {
                 ),
             ));
         }
-        if trust < needed {
+        if trust < needed && !faults::on(Fault::SkipTrustCheck) {
             return Err(CallError::new(
                 ErrorCode::Unauthorized,
                 format!(
@@ -817,6 +839,7 @@ impl Bus {
         if let Route::Local(_) = &route
             && !call.schema_hash.is_empty()
             && call.schema_hash != cap.schema_hash
+            && !faults::on(Fault::IgnoreSchemaHash)
         {
             let mut e = CallError::new(
                 ErrorCode::SchemaMismatch,
@@ -830,7 +853,9 @@ impl Bus {
         {
             let text = std::str::from_utf8(&call.payload)
                 .map_err(|_| CallError::bad_request("JSON payload is not UTF-8"))?;
-            check_json(cap.request, text)?;
+            if !faults::on(Fault::SkipJsonValidation) {
+                check_json(cap.request, text)?;
+            }
         } else if !matches!(
             PayloadEncoding::try_from(call.encoding),
             Ok(PayloadEncoding::Proto | PayloadEncoding::Unspecified | PayloadEncoding::Json)
@@ -1055,6 +1080,8 @@ impl Bus {
                         .map_err(|e| CallError::bad_request(e.to_string()))
                 }) {
                 Ok(p) => p,
+                // The mutant serves a body it cannot decode as an empty request.
+                Err(_) if faults::on(Fault::SkipJsonValidation) => Vec::new(),
                 Err(e) => {
                     let _ = tx.send(error_frame(0, &e)).await;
                     return (e.code.wire_name().into(), 0, String::new(), "local");
@@ -1171,7 +1198,7 @@ impl Bus {
         };
         match result {
             Ok(()) => {
-                let done = Done {
+                let mut done = Done {
                     frames: transcript.frames(),
                     transcript_hash: transcript.hash().to_vec(),
                     signer: self.inner.me_text.clone(),
@@ -1179,12 +1206,19 @@ impl Bus {
                         .sign_done(&self.inner.key, &call.request_id)
                         .to_vec(),
                 };
-                let _ = tx
-                    .send(Frame {
-                        seq,
-                        kind: Some(frame::Kind::Done(done)),
-                    })
-                    .await;
+                if faults::on(Fault::CorruptDoneSignature)
+                    && let Some(b) = done.signature.first_mut()
+                {
+                    *b ^= 1;
+                }
+                if !faults::on(Fault::DropFinalDone) {
+                    let _ = tx
+                        .send(Frame {
+                            seq,
+                            kind: Some(frame::Kind::Done(done)),
+                        })
+                        .await;
+                }
                 ("ok".into(), transcript.frames(), String::new(), "local")
             }
             Err(e) => {

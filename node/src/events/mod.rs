@@ -1378,7 +1378,7 @@ impl EventLog {
 
 /// Verifies signatures: one batch, or one by one when the batch fails.
 fn verify_all(parsed: Vec<Parsed>) -> (Vec<Parsed>, Vec<B32>) {
-    if parsed.is_empty() {
+    if parsed.is_empty() || crate::faults::on(crate::faults::Fault::AcceptForgedEvents) {
         return (parsed, Vec::new());
     }
     let bodies: Vec<Option<&[u8]>> = parsed.iter().map(|p| p.event_bytes().ok()).collect();

@@ -280,6 +280,9 @@ async fn serve_fetch(
             }
         }
     }
+    if crate::faults::on(crate::faults::Fault::DropSyncedEvent) {
+        batch.pop();
+    }
     if !batch.is_empty() {
         total += batch.len() as u64;
         out.send_bytes(frame_bytes(&batch)).await?;
