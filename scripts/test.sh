@@ -55,11 +55,18 @@ cargo build --quiet --locked -p hearthnet-conformance
 CONF="$CARGO_TARGET_DIR/debug/hearthnet-conformance"
 CONF_OUT="$(mktemp -d)"
 HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" "$CONF" run --key "$CONF_OUT/runner.key" \
-  --launch 'bash conformance/targets/hearthnet-rs.sh' --expect-tier silver --out "$CONF_OUT/rust"
+  --launch 'bash conformance/targets/hearthnet-rs.sh' --expect-tier gold --out "$CONF_OUT/rust"
 "$CONF" verify "$CONF_OUT/rust"
 "$CONF" run --key "$CONF_OUT/runner.key" --expect-tier bronze --out "$CONF_OUT/python" \
   --launch 'exec examples/python-node/run.sh --port {port} --data-dir {data} --trust {caller}=trusted'
 "$CONF" verify "$CONF_OUT/python"
+# The committed example reports still verify under the current verdict rules.
+"$CONF" verify conformance/reports/hearthnet-rs
+"$CONF" verify examples/python-node/conformance-report
+
+step "conformance: our node certifies itself (protocol.conformance.report, M32)"
+HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" HEARTHNET_CONFORMANCE_BIN="$CONF" \
+  PYTHON="$TOOLS/venv/bin/python" bash conformance/self-report.sh "$CONF_OUT/self"
 
 step "conformance mutants: every injected node fault is caught by the suite"
 HEARTHNET_BIN="$CARGO_TARGET_DIR/debug/hearthnet" HEARTHNET_CONFORMANCE_BIN="$CONF" \

@@ -76,6 +76,15 @@ pub enum Mutation {
     OversizedPayload,
     /// An unknown field (number 999) appended to the protobuf payload.
     UnknownProtoField,
+    /// The signature's S with the group order L added: the same value mod L,
+    /// so only a strict verifier refuses it (vector `negative/non-canonical-s`).
+    NonCanonicalS,
+    /// The signature cut to 63 bytes (vector `negative/truncated-signature`).
+    TruncatedSignature,
+    /// `caller` is the small-order identity point, with the signature
+    /// R = identity, S = 0 that verifies any message under a lax verifier
+    /// (vector `negative/small-order-public-key`).
+    WeakKeyCaller,
 }
 
 /// One JSON-pointer assertion on a data frame's JSON.
@@ -105,6 +114,9 @@ pub struct Assertion {
     /// The value must be an array with at least this many items.
     #[serde(default)]
     pub min_items: Option<usize>,
+    /// The value must be absent or an array with at most this many items.
+    #[serde(default)]
+    pub max_items: Option<usize>,
     /// The value must be an array containing an object whose `key` equals `value`.
     #[serde(default)]
     pub contains: Option<Value>,

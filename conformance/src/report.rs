@@ -8,19 +8,18 @@ use std::path::Path;
 
 use hearthnet_sdk::identity::{NodeId, SecretKey};
 use hearthnet_sdk::proto::hearthnet::conformance::v1::{
-    ConformanceReport, ConformanceTier, FailureDetail, RunnerInfo, RunnerSignature, SectionGroup,
-    SectionResult, TargetCapability, TargetSelfDescription, Verdict,
+    ConformanceReport, ConformanceTier, FailureDetail, RunnerInfo, SectionGroup, SectionResult,
+    TargetCapability, TargetSelfDescription, Verdict,
 };
-use hearthnet_sdk::signing::{Domain, sign_envelope, verify_envelope};
+use hearthnet_sdk::records::{sign_conformance_report, verify_conformance_report};
 use hearthnet_sdk::wkt::Timestamp;
-use prost::Message;
 
 use crate::catalogue::CLAUSES;
 use crate::run::{CaseResult, Outcome, Preflight};
 
 /// The suite's own version (CONF-002); cases change → minor, verdict rules
 /// or case meaning change → major.
-pub const SUITE_VERSION: &str = "0.1.0";
+pub const SUITE_VERSION: &str = "0.2.0";
 
 /// The group of a section name (CONF-009), or `None` when it is not one.
 pub fn group_of(section: &str) -> Option<SectionGroup> {
@@ -131,28 +130,41 @@ pub fn verdicts(
     } else {
         Verdict::Pass
     };
+    // Decision 0097: a named section must have run and passed; a group's
+    // sections must each have passed or been skipped (not advertised).
     let passed = |name: &str| {
         sections
             .iter()
             .any(|s| s.name == name && v(s) == Verdict::Pass)
     };
-    let mut tiers = Vec::new();
-    if passed("core/identity") && passed("core/transport") && passed("core/bus") {
-        tiers.push(ConformanceTier::Bronze);
-        let all_core = sections
+    let group_clean = |group: SectionGroup| {
+        sections
             .iter()
-            .filter(|s| g(s) == SectionGroup::Core || g(s) == SectionGroup::Services)
-            .all(|s| matches!(v(s), Verdict::Pass | Verdict::Skipped));
-        if all_core {
-            tiers.push(ConformanceTier::Silver);
-            let fed = sections
-                .iter()
-                .any(|s| g(s) == SectionGroup::Federation && v(s) == Verdict::Pass);
-            if federation_advertised && fed {
-                tiers.push(ConformanceTier::Gold);
-            }
-        }
-    }
+            .filter(|s| g(s) == group)
+            .all(|s| matches!(v(s), Verdict::Pass | Verdict::Skipped))
+    };
+    let bronze = passed("core/identity") && passed("core/transport") && passed("core/bus");
+    let silver = bronze
+        && passed("core/events")
+        && passed("core/files")
+        && group_clean(SectionGroup::Core)
+        && group_clean(SectionGroup::Services);
+    let operability_ran = sections
+        .iter()
+        .any(|s| g(s) == SectionGroup::Operability && v(s) == Verdict::Pass);
+    let federation_ok = !federation_advertised
+        || sections
+            .iter()
+            .any(|s| g(s) == SectionGroup::Federation && v(s) == Verdict::Pass);
+    let gold = silver && operability_ran && group_clean(SectionGroup::Operability) && federation_ok;
+    let tiers = [
+        (bronze, ConformanceTier::Bronze),
+        (silver, ConformanceTier::Silver),
+        (gold, ConformanceTier::Gold),
+    ]
+    .into_iter()
+    .filter_map(|(held, t)| held.then_some(t))
+    .collect();
     (overall, overall == Verdict::Pass, tiers)
 }
 
@@ -229,20 +241,9 @@ pub fn build(
         failed: sections.iter().map(|s| s.failed).sum(),
         skipped: sections.iter().map(|s| s.skipped).sum(),
         sections,
-        signature: Some(RunnerSignature {
-            signer: key.node_id().to_string(),
-            algorithm: "ed25519".into(),
-            signed_at: Some(Timestamp::now()),
-            signature: Vec::new(),
-        }),
+        signature: None,
     };
-    let unsigned = report.encode_to_vec();
-    let sig = sign_envelope(key, Domain::ConformanceReport, &unsigned);
-    if let Some(s) = &mut report.signature {
-        s.signature = sig.to_vec();
-    }
-    let bytes = report.encode_to_vec();
-    let cid = format!("blake3:{}", blake3::hash(&bytes).to_hex());
+    let (bytes, cid) = sign_conformance_report(key, &mut report);
     (report, bytes, cid)
 }
 
@@ -264,24 +265,8 @@ pub fn verify(report: &ConformanceReport) -> Result<(String, NodeId), VerifyErro
             report.schema_version
         ));
     }
-    let Some(sig) = &report.signature else {
-        return bad("no signature".into());
-    };
-    let signer: NodeId = sig
-        .signer
-        .parse()
-        .map_err(|e| VerifyError::Invalid(format!("signature.signer: {e}")))?;
-    let mut unsigned = report.clone();
-    if let Some(s) = &mut unsigned.signature {
-        s.signature.clear();
-    }
-    verify_envelope(
-        &signer,
-        Domain::ConformanceReport,
-        &unsigned.encode_to_vec(),
-        &sig.signature,
-    )
-    .map_err(|e| VerifyError::Invalid(format!("signature: {e}")))?;
+    let (cid, signer) =
+        verify_conformance_report(report).map_err(|e| VerifyError::Invalid(e.to_string()))?;
     let sum = |f: fn(&SectionResult) -> u64| report.sections.iter().map(f).sum::<u64>();
     if (report.total, report.passed, report.failed, report.skipped)
         != (
@@ -317,10 +302,7 @@ pub fn verify(report: &ConformanceReport) -> Result<(String, NodeId), VerifyErro
             ));
         }
     }
-    Ok((
-        format!("blake3:{}", blake3::hash(&report.encode_to_vec()).to_hex()),
-        signer,
-    ))
+    Ok((cid, signer))
 }
 
 /// Clause coverage: (covered clause ids, all clause ids).
@@ -684,7 +666,8 @@ mod tests {
         ];
         let (o, c, t) = verdicts(&bronze, false);
         assert_eq!((o, c), (Verdict::Pass, true));
-        assert_eq!(t, vec![ConformanceTier::Bronze, ConformanceTier::Silver]);
+        // Decision 0097: events and files skipped (not advertised) is not Silver.
+        assert_eq!(t, vec![ConformanceTier::Bronze]);
         let mut core_fail = bronze.to_vec();
         core_fail.push(sec("core/files", 3, 1));
         let (o, c, t) = verdicts(&core_fail, false);
@@ -699,9 +682,33 @@ mod tests {
         assert_eq!(verdicts(&exp_fail, false).0, Verdict::Pass);
         let (o, _, t) = verdicts(&[sec("core/identity", 0, 0)], false);
         assert_eq!((o, t), (Verdict::Skipped, vec![]));
-        let mut gold = bronze.to_vec();
+        let mut silver = bronze.to_vec();
+        silver.push(sec("core/events", 2, 0));
+        silver.push(sec("core/files", 5, 0));
+        silver.push(sec("core/llm", 0, 0));
+        silver.push(sec("services/market", 0, 0));
+        let all = vec![
+            ConformanceTier::Bronze,
+            ConformanceTier::Silver,
+            ConformanceTier::Gold,
+        ];
+        assert_eq!(verdicts(&silver, false).2, all[..2]);
+        // Gold: operability ran and passed; federation counts when advertised.
+        let mut gold = silver.clone();
+        gold.push(sec("operability/restart", 1, 0));
+        gold.push(sec("operability/metrics", 0, 0));
+        assert_eq!(verdicts(&gold, false).2, all);
+        assert_eq!(verdicts(&gold, true).2, all[..2]);
         gold.push(sec("federation", 4, 0));
-        assert_eq!(verdicts(&gold, true).2.len(), 3);
+        assert_eq!(verdicts(&gold, true).2, all);
+        // A failed operability section costs Gold but not `overall`.
+        gold.push(sec("operability/shutdown", 0, 1));
+        let (o, _, t) = verdicts(&gold, true);
+        assert_eq!((o, t), (Verdict::Pass, all[..2].to_vec()));
+        // A failed advertised service costs Silver.
+        let mut svc = silver.clone();
+        svc.push(sec("services/chat", 1, 1));
+        assert_eq!(verdicts(&svc, false).2, all[..1]);
     }
 
     #[test]

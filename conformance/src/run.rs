@@ -209,6 +209,24 @@ pub fn signed_call(
     call
 }
 
+/// Adds the Ed25519 group order L to the S half of a 64-byte signature
+/// (little-endian), giving a non-canonical S that is equal mod L.
+fn add_group_order(sig: &mut [u8]) {
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let Some(s) = sig.get_mut(32..64) else {
+        return;
+    };
+    let mut carry = 0u16;
+    for (b, l) in s.iter_mut().zip(L) {
+        let sum = u16::from(*b) + u16::from(l) + carry;
+        *b = sum as u8;
+        carry = sum >> 8;
+    }
+}
+
 /// A unary call whose response must be well framed; the decoded response
 /// or a description of what went wrong.
 pub async fn unary<Req: Message, Resp: Message + Default>(
@@ -484,6 +502,15 @@ pub async fn run_case(target: &Target, keys: &Keys, pre: &Preflight, case: &Case
             }
         }
         Some(Mutation::Unsigned) => call.signature.clear(),
+        Some(Mutation::NonCanonicalS) => add_group_order(&mut call.signature),
+        Some(Mutation::TruncatedSignature) => call.signature.truncate(63),
+        Some(Mutation::WeakKeyCaller) => {
+            // The identity point (encoded y = 1), as a NodeID and as R.
+            let mut identity = [0u8; 32];
+            identity[0] = 1;
+            call.caller = "ed25519:AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
+            call.signature = [identity, [0u8; 32]].concat();
+        }
         Some(Mutation::WrongCaller) => call.caller = keys.stranger.node_id().to_string(),
         Some(Mutation::StaleTimestamp) | Some(Mutation::FutureTimestamp) => {
             let shift = if case.mutate == Some(Mutation::StaleTimestamp) {
@@ -774,7 +801,17 @@ fn assert_one(
             ));
         }
     }
+    if let Some(m) = a.max_items {
+        let n = got.and_then(Value::as_array).map_or(0, Vec::len);
+        if n > m {
+            return Err(Failure::new(
+                format!("{n} items"),
+                format!("at most {m} items"),
+            ));
+        }
+    }
     if let Some(want) = &a.contains {
+        let want = &substitute(want, vars);
         let ok = got.and_then(Value::as_array).is_some_and(|items| {
             items.iter().any(|item| match (item, want) {
                 (Value::Object(o), Value::Object(w)) => w.iter().all(|(k, v)| o.get(k) == Some(v)),
@@ -786,4 +823,35 @@ fn assert_one(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The mutation reproduces the protocol's `negative/non-canonical-s` vector.
+    #[test]
+    fn adding_the_group_order_matches_the_vector() {
+        let vectors: Value = serde_json::from_str(include_str!(
+            "../../protocol/vectors/signing/signatures.json"
+        ))
+        .unwrap();
+        let sig = |name: &str| -> Vec<u8> {
+            let v = vectors["vectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .unwrap();
+            let hex = v["signature_hex"].as_str().unwrap();
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let mut s = sig("envelope/node.manifest");
+        add_group_order(&mut s);
+        assert_eq!(s, sig("negative/non-canonical-s"));
+    }
 }

@@ -23,6 +23,7 @@ pub enum Scenario {
     HttpErrorBody,
     RestartKeepsNodeId,
     SigtermStops,
+    MetricsServed,
     EventLogMatchesHeads,
     EventPushSortsOffers,
 }
@@ -83,6 +84,14 @@ const ALL: &[Entry] = &[
         "operability/shutdown",
         "sigterm_stops_the_node_within_ten_seconds",
         &["NODE-007"],
+        "protocol.describe",
+        "protocol/spec/node.md",
+    ),
+    (
+        Scenario::MetricsServed,
+        "operability/metrics",
+        "metrics_are_prometheus_text_without_authentication",
+        &["NODE-008"],
         "protocol.describe",
         "protocol/spec/node.md",
     ),
@@ -173,6 +182,16 @@ pub async fn run(
             },
             Ok((status, ..)) => fail(format!("status {status}"), "200"),
         },
+        Scenario::MetricsServed => match http(target, "GET", "/metrics", &[], b"").await {
+            // NODE-008: 404 means metrics are switched off, which is allowed.
+            Ok((404, ..)) => Outcome::Skip("metrics_disabled: GET /metrics is 404".into()),
+            Ok((200, _, body)) => match prometheus_problem(&body) {
+                None => Outcome::Pass,
+                Some(p) => fail(p, "the Prometheus text exposition format"),
+            },
+            Ok((status, ..)) => fail(format!("status {status}"), "200, or 404 when disabled"),
+            Err(e) => fail(e, "200 with Prometheus text"),
+        },
         Scenario::HttpHealth => match http(target, "GET", "/health", &[], b"").await {
             Ok((200, ..)) => Outcome::Pass,
             Ok((status, ..)) => fail(format!("status {status}"), "200"),
@@ -244,6 +263,35 @@ pub async fn run(
         }
     };
     result
+}
+
+/// Why `body` is not Prometheus text (at least one sample; every line a
+/// comment or `name{labels} value`), or `None`.
+fn prometheus_problem(body: &[u8]) -> Option<String> {
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(_) => return Some("a body that is not UTF-8".into()),
+    };
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        let value = line.rsplit(' ').next().unwrap_or("");
+        let value_ok = value.parse::<f64>().is_ok() || matches!(value, "+Inf" | "-Inf" | "NaN");
+        if !name_ok || !value_ok {
+            return Some(format!("the line {line:?}"));
+        }
+        samples += 1;
+    }
+    (samples == 0).then(|| "no samples".to_string())
 }
 
 /// Restarts a launched target on its data; whether it stopped cleanly.
@@ -412,5 +460,15 @@ mod tests {
         for c in cases() {
             assert!(find(&c.test_id).is_some(), "{}", c.test_id);
         }
+    }
+
+    #[test]
+    fn prometheus_text() {
+        let ok = b"# HELP c calls\n# TYPE c counter\nc_total{capability=\"diag echo\",code=\"ok\"} 3\nup 1 1700000000\nh_bucket{le=\"+Inf\"} +Inf\n# EOF\n";
+        assert_eq!(prometheus_problem(ok), None);
+        assert!(prometheus_problem(b"# only comments\n").is_some());
+        assert!(prometheus_problem(b"<html>metrics</html>\n").is_some());
+        assert!(prometheus_problem(b"9lives 1\n").is_some());
+        assert!(prometheus_problem(&[0xff, 0xfe]).is_some());
     }
 }

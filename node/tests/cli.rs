@@ -203,6 +203,53 @@ fn config_errors_name_file_line_and_key() {
 }
 
 #[test]
+fn a_conformance_report_without_a_suite_is_skipped_and_signed_by_the_node() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let (mut node, url) = start_with(
+        h,
+        &[(
+            "HEARTHNET_CONFORMANCE_BIN",
+            "/nonexistent/hearthnet-conformance".into(),
+        )],
+    );
+    let out = run(cmd(h).args(["call", "--node", &url, "protocol.conformance.report", "{}"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let resp: hearthnet_sdk::proto::hearthnet::protocol::v1::ReportConformanceResponse =
+        hearthnet_sdk::json::from_json(text(&out.stdout).trim()).unwrap();
+    let o = resp.output.unwrap();
+    let report = o.report.unwrap();
+    assert_eq!(o.overall, 4, "VERDICT_SKIPPED");
+    assert_eq!(
+        report.sections[0].reason.as_deref(),
+        Some("suite_not_installed")
+    );
+    let (cid, signer) = hearthnet_sdk::records::verify_conformance_report(&report).unwrap();
+    assert_eq!(cid, o.report_cid);
+    assert_eq!(signer.to_string(), report.target.unwrap().node);
+    // The operator's own call only: any other caller is refused (PROTO-003).
+    let other = |c: &mut Command| {
+        c.env("HEARTHNET_DATA_DIR", h.join("other/data"))
+            .env("HEARTHNET_CONFIG_DIR", h.join("other/config"));
+    };
+    let mut init = cmd(h);
+    other(init.arg("init"));
+    assert!(run(&mut init).status.success());
+    let mut call = cmd(h);
+    other(call.args(["call", "--node", &url, "protocol.conformance.report", "{}"]));
+    let stranger = run(&mut call);
+    assert_eq!(
+        stranger.status.code(),
+        Some(4),
+        "{}",
+        text(&stranger.stderr)
+    );
+    assert!(text(&stranger.stderr).contains("unauthorized"));
+    node.kill().unwrap();
+    node.wait().unwrap();
+}
+
+#[test]
 fn an_unknown_injected_fault_stops_the_start() {
     let home = tempfile::tempdir().unwrap();
     let out = run(cmd(home.path())

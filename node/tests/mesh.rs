@@ -274,3 +274,75 @@ async fn a_panicking_service_is_an_internal_error_and_the_node_keeps_serving() {
     assert_eq!(v.output.unwrap().preferred, hearthnet_sdk::PROTOCOL_VERSION);
     node.shutdown().await;
 }
+
+/// `trans.text` (member trust) with one slot, held until `release` fires.
+struct Busy {
+    entered: tokio::sync::mpsc::Sender<()>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Service for Busy {
+    fn name(&self) -> &str {
+        "busy"
+    }
+    fn offers(&self) -> Vec<Offer> {
+        let mut o = Offer::of("trans.text").unwrap();
+        o.max_concurrent = 1;
+        vec![o]
+    }
+    fn call(&self, _req: Request, _out: Sink) -> BoxFuture<'static, Result<(), CallError>> {
+        let (entered, release) = (self.entered.clone(), self.release.clone());
+        async move {
+            let _ = entered.send(()).await;
+            release.notified().await;
+            Err(CallError::internal("released"))
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_trust_is_refused_before_it_learns_the_provider_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut entered) = tokio::sync::mpsc::channel(1);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut config = common::config(dir.path());
+    config.trust.members = vec![
+        common::key(2).node_id().to_string(),
+        common::key(3).node_id().to_string(),
+    ];
+    let node = NodeBuilder::new(config)
+        .key(common::key(1))
+        .service(Arc::new(Busy {
+            entered: tx,
+            release: release.clone(),
+        }))
+        .start()
+        .await
+        .unwrap();
+    let code = |n: u8| {
+        let url = node.url();
+        async move {
+            let c = hearthnet_sdk::client::Client::connect(&url, common::key(n))
+                .await
+                .unwrap();
+            let call = c.request("trans.text", "1.0", PayloadEncoding::Proto, Vec::new());
+            let mut s = c.send(call, None).await.unwrap();
+            loop {
+                match s.next().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None,
+                    Err(e) => return e.wire_code().map(str::to_string),
+                }
+            }
+        }
+    };
+    let holder = tokio::spawn(code(2));
+    entered.recv().await.unwrap();
+    // The one slot is taken: a member hears `capacity_exceeded`, a stranger
+    // `unauthorized` (BUS-044 before BUS-047).
+    assert_eq!(code(3).await.as_deref(), Some("capacity_exceeded"));
+    assert_eq!(code(9).await.as_deref(), Some("unauthorized"));
+    release.notify_one();
+    assert_eq!(holder.await.unwrap().as_deref(), Some("internal_error"));
+}

@@ -1,14 +1,18 @@
 //! Invites and manifests: built, signed as envelopes, verified (M01, M13;
-//! decisions 0007 and 0037).
+//! decisions 0007 and 0037); conformance reports and registry announcements
+//! signed and verified (CONF-002, PROTO-005).
 
 use crate::envelope::{self, EnvelopeError};
 use crate::identity::{NodeId, SecretKey};
 use crate::proto::hearthnet::common::v1::ErrorCode;
+use crate::proto::hearthnet::conformance::v1::{ConformanceReport, RunnerSignature};
 use crate::proto::hearthnet::identity::v1::{
     CommunityManifest, Invite, MemberLevel, NodeManifest, SignedEnvelope,
 };
+use crate::proto::hearthnet::protocol::v1::AnnounceRegistryInput;
 use crate::signing::{self, Domain};
 use crate::wkt::Timestamp;
+use prost::Message;
 
 /// URI scheme of invites.
 pub const INVITE_SCHEME: &str = "hearthnet://v1/";
@@ -217,6 +221,82 @@ pub fn verify_community_manifest(
     Ok((signer, m))
 }
 
+/// Signs a conformance report in place as `key` (CONF-002): `signature` names
+/// the signer, and `signature.signature` is the `conformance.report` envelope
+/// signature over the report's protobuf encoding with that field empty.
+/// Returns the signed protobuf bytes and their `blake3:` CID (`report_cid`).
+pub fn sign_conformance_report(
+    key: &SecretKey,
+    report: &mut ConformanceReport,
+) -> (Vec<u8>, String) {
+    report.signature = Some(RunnerSignature {
+        signer: key.node_id().to_string(),
+        algorithm: "ed25519".into(),
+        signed_at: Some(Timestamp::now()),
+        signature: Vec::new(),
+    });
+    let sig = signing::sign_envelope(key, Domain::ConformanceReport, &report.encode_to_vec());
+    if let Some(s) = &mut report.signature {
+        s.signature = sig.to_vec();
+    }
+    let bytes = report.encode_to_vec();
+    let cid = format!("blake3:{}", blake3::hash(&bytes).to_hex());
+    (bytes, cid)
+}
+
+/// Checks a conformance report's signature (CONF-002); returns its CID and
+/// signer. The verdict rules are the suite's to check.
+pub fn verify_conformance_report(
+    report: &ConformanceReport,
+) -> Result<(String, NodeId), RecordError> {
+    let sig = report
+        .signature
+        .as_ref()
+        .ok_or_else(|| RecordError::Malformed("report has no signature".into()))?;
+    let signer: NodeId = sig
+        .signer
+        .parse()
+        .map_err(|e| RecordError::Malformed(format!("signature.signer: {e}")))?;
+    let mut unsigned = report.clone();
+    if let Some(s) = &mut unsigned.signature {
+        s.signature.clear();
+    }
+    signing::verify_envelope(
+        &signer,
+        Domain::ConformanceReport,
+        &unsigned.encode_to_vec(),
+        &sig.signature,
+    )
+    .map_err(|e| RecordError::Signature(e.to_string()))?;
+    let cid = format!("blake3:{}", blake3::hash(&report.encode_to_vec()).to_hex());
+    Ok((cid, signer))
+}
+
+/// Signs a `protocol.registry.announce` input in place as `key` (PROTO-005:
+/// the `protocol.registry.entry` envelope over its protobuf encoding with
+/// `signature` empty).
+pub fn sign_registry_announce(key: &SecretKey, input: &mut AnnounceRegistryInput) {
+    input.signature.clear();
+    let sig = signing::sign_envelope(key, Domain::RegistryEntry, &input.encode_to_vec());
+    input.signature = sig.to_vec();
+}
+
+/// Checks a `protocol.registry.announce` input's signature by `signer` (PROTO-005).
+pub fn verify_registry_announce(
+    signer: &NodeId,
+    input: &AnnounceRegistryInput,
+) -> Result<(), RecordError> {
+    let mut unsigned = input.clone();
+    unsigned.signature.clear();
+    signing::verify_envelope(
+        signer,
+        Domain::RegistryEntry,
+        &unsigned.encode_to_vec(),
+        &input.signature,
+    )
+    .map_err(|e| RecordError::Signature(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +435,46 @@ mod tests {
                 .map_err(|e| e.code()),
             Err(ErrorCode::Unauthorized)
         );
+    }
+
+    #[test]
+    fn reports_and_announcements_sign_and_verify() {
+        use crate::proto::hearthnet::protocol::v1::ImplementationDescriptor;
+        let key = SecretKey::from_seed([9; 32]);
+        let mut report = ConformanceReport {
+            schema_version: 1,
+            suite_version: "0.2.0".into(),
+            passed: 3,
+            ..Default::default()
+        };
+        let (bytes, cid) = sign_conformance_report(&key, &mut report);
+        assert_eq!(bytes, report.encode_to_vec());
+        assert_eq!(verify_conformance_report(&report), Ok((cid, key.node_id())));
+        let mut changed = report.clone();
+        changed.passed = 4;
+        assert!(matches!(
+            verify_conformance_report(&changed),
+            Err(RecordError::Signature(_))
+        ));
+        changed.signature = None;
+        assert!(matches!(
+            verify_conformance_report(&changed),
+            Err(RecordError::Malformed(_))
+        ));
+
+        let mut input = AnnounceRegistryInput {
+            descriptor: Some(ImplementationDescriptor {
+                name: "hearthnet-py".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        sign_registry_announce(&key, &mut input);
+        assert_eq!(input.signature.len(), 64);
+        assert_eq!(verify_registry_announce(&key.node_id(), &input), Ok(()));
+        let other = SecretKey::from_seed([10; 32]).node_id();
+        assert!(verify_registry_announce(&other, &input).is_err());
+        input.reports.push(Default::default());
+        assert!(verify_registry_announce(&key.node_id(), &input).is_err());
     }
 }

@@ -177,6 +177,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     traces: Arc<TraceRing>,
     trust_source: RwLock<Option<Arc<dyn TrustSource>>>,
+    /// Trust granted for a while by the node itself ([`Bus::grant`]).
+    grants: RwLock<HashMap<String, Trust>>,
     /// Offline (emergency) mode: capabilities needing the internet are
     /// suspended (EMERG-018).
     offline: std::sync::atomic::AtomicBool,
@@ -216,6 +218,31 @@ impl WeakBus {
     /// The bus, while it exists.
     pub fn upgrade(&self) -> Option<Bus> {
         self.0.upgrade().map(|inner| Bus { inner })
+    }
+}
+
+/// A trust level granted by [`Bus::grant`]; withdrawn when dropped.
+#[derive(Debug)]
+pub struct Grant {
+    bus: WeakBus,
+    caller: String,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.inner
+                .grants
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.caller);
+        }
+    }
+}
+
+impl std::fmt::Debug for WeakBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakBus")
     }
 }
 
@@ -262,6 +289,7 @@ impl Bus {
                 metrics,
                 traces,
                 trust_source: RwLock::new(None),
+                grants: RwLock::new(HashMap::new()),
                 offline: std::sync::atomic::AtomicBool::new(false),
                 generation: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -535,7 +563,31 @@ impl Bus {
             .trust_source()
             .and_then(|s| s.trust(caller))
             .unwrap_or(Trust::Unknown);
-        fixed.max(folded)
+        let granted = self
+            .inner
+            .grants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(caller_text)
+            .copied()
+            .unwrap_or(Trust::Unknown);
+        fixed.max(folded).max(granted)
+    }
+
+    /// Gives `caller` the trust level `trust` until the returned guard is
+    /// dropped (the node's own conformance run trusts the suite's caller,
+    /// PROTO-003).
+    pub fn grant(&self, caller: &NodeId, trust: Trust) -> Grant {
+        let caller = caller.to_string();
+        self.inner
+            .grants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(caller.clone(), trust);
+        Grant {
+            bus: self.downgrade(),
+            caller,
+        }
     }
 
     fn is_revoked(&self, caller: &NodeId) -> bool {
@@ -782,20 +834,26 @@ impl Bus {
             self.trust_of(&caller, &call.caller)
         };
         let want = routing_param(call);
-        let route = self
-            .route(
-                &call.capability,
-                min,
-                caller == self.inner.me,
-                want.as_ref(),
-            )
-            .map_err(|e| {
-                if e.code == ErrorCode::NotFound && faults::on(Fault::WrongErrorCode) {
-                    CallError::bad_request(e.message)
-                } else {
-                    e
-                }
-            })?;
+        let refusal = |cap: &Capability| self.trust_refusal(cap, trust, foreign, &call.community);
+        let route = match self.route(
+            &call.capability,
+            min,
+            caller == self.inner.me,
+            want.as_ref(),
+        ) {
+            Ok(r) => r,
+            Err(e) if e.code == ErrorCode::NotFound && faults::on(Fault::WrongErrorCode) => {
+                return Err(CallError::bad_request(e.message));
+            }
+            // A caller that may not call the capability is refused for that,
+            // and learns nothing about how busy its providers are (BUS-044).
+            Err(e) if matches!(e.code, ErrorCode::CapacityExceeded | ErrorCode::Partition) => {
+                return Err(registry::capability(&call.capability)
+                    .and_then(refusal)
+                    .unwrap_or(e));
+            }
+            Err(e) => return Err(e),
+        };
         let cap = match &route {
             Route::Local((name, major)) => {
                 let local = self.inner.local.read().unwrap_or_else(|e| e.into_inner());
@@ -811,27 +869,8 @@ impl Bus {
                 )
             })?,
         };
-        let needed = Trust::from_registry(cap.min_trust);
-        if foreign && needed > Trust::Unknown {
-            // This node keeps no federation manifests yet (decision 0074).
-            return Err(CallError::new(
-                ErrorCode::NotFederated,
-                format!(
-                    "{} is not federated with this node's community",
-                    call.community
-                ),
-            ));
-        }
-        if trust < needed && !faults::on(Fault::SkipTrustCheck) {
-            return Err(CallError::new(
-                ErrorCode::Unauthorized,
-                format!(
-                    "{} needs trust `{}`; caller is `{}`",
-                    cap.name,
-                    needed.name(),
-                    trust.name()
-                ),
-            ));
+        if let Some(e) = refusal(cap) {
+            return Err(e);
         }
         if caller != self.inner.me {
             self.rate_limit(&call.caller, cap.name)?;
@@ -866,6 +905,36 @@ impl Bus {
             )));
         }
         Ok((cap, caller, trust, route))
+    }
+
+    /// Why a caller of trust `trust` (from another community when
+    /// `foreign`) may not call `cap`, if it may not.
+    fn trust_refusal(
+        &self,
+        cap: &Capability,
+        trust: Trust,
+        foreign: bool,
+        community: &str,
+    ) -> Option<CallError> {
+        let needed = Trust::from_registry(cap.min_trust);
+        if foreign && needed > Trust::Unknown {
+            // This node keeps no federation manifests yet (decision 0074).
+            return Some(CallError::new(
+                ErrorCode::NotFederated,
+                format!("{community} is not federated with this node's community"),
+            ));
+        }
+        (trust < needed && !faults::on(Fault::SkipTrustCheck)).then(|| {
+            CallError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "{} needs trust `{}`; caller is `{}`",
+                    cap.name,
+                    needed.name(),
+                    trust.name()
+                ),
+            )
+        })
     }
 
     fn rate_limit(&self, caller: &str, cap: &str) -> Result<(), CallError> {

@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod chat;
+pub mod conformance;
 #[cfg(feature = "models")]
 pub mod embed;
 pub mod files;
