@@ -87,6 +87,32 @@ pub enum Mutation {
     WeakKeyCaller,
 }
 
+/// The capability token a case's call carries (BUS-048). Every such call is
+/// made by the runner's stranger key, which has no trust of its own; the
+/// token is issued by the runner's caller (trusted by the target) for the
+/// stranger and the case's `capability@version`, valid for ten minutes,
+/// except for what the variant changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCase {
+    /// As described: the call is served with `member` trust.
+    Valid,
+    /// Expired an hour ago.
+    Expired,
+    /// `aud` names a community the target is not part of.
+    WrongAudience,
+    /// One bit of the token's signature flipped.
+    BadSignature,
+    /// The scope names another capability.
+    OtherScope,
+    /// Issued for the runner's caller, presented by the stranger.
+    OtherSubject,
+    /// Issued by the stranger to itself (an issuer without trust).
+    UntrustedIssuer,
+    /// Text that is not a token.
+    Malformed,
+}
+
 /// One JSON-pointer assertion on a data frame's JSON.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +204,8 @@ struct CaseDef {
     #[serde(default)]
     mutate: Option<Mutation>,
     #[serde(default)]
+    token: Option<TokenCase>,
+    #[serde(default)]
     expect: Expect,
 }
 
@@ -226,6 +254,8 @@ pub struct Case {
     pub encoding: Encoding,
     /// Change made to the call.
     pub mutate: Option<Mutation>,
+    /// Capability token the call carries (made by the stranger).
+    pub token: Option<TokenCase>,
     /// Expectation.
     pub expect: Expect,
 }
@@ -295,7 +325,11 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Case>, CaseError> {
         }
         let requires = d.requires.unwrap_or_else(|| vec![d.capability.clone()]);
         for r in &requires {
-            if hearthnet_sdk::registry::capability(r).is_none() {
+            if let Some(f) = r.strip_prefix("feature:") {
+                if f.is_empty() {
+                    return Err(bad(&d.id, "requires an unnamed feature".into()));
+                }
+            } else if hearthnet_sdk::registry::capability(r).is_none() {
                 return Err(bad(&d.id, format!("requires unknown capability {r}")));
             }
         }
@@ -364,6 +398,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Case>, CaseError> {
             payload,
             encoding: d.encoding,
             mutate: d.mutate,
+            token: d.token,
             expect: d.expect,
         });
     }
@@ -433,6 +468,7 @@ fn generated() -> Vec<Case> {
                 payload: Payload::RawBytes(Vec::new()),
                 encoding: Encoding::Proto,
                 mutate: None,
+                token: None,
                 expect: Expect {
                     not_errors: vec![
                         "not_found".into(),

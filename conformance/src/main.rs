@@ -114,6 +114,10 @@ struct RunArgs {
     /// Key file the report is signed with (created when missing; default: runner.key in the user's data directory).
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Key file of the caller of every case, instead of the one derived from
+    /// the seed (a target that trusts the caller for one run uses a fresh key).
+    #[arg(long)]
+    caller_key: Option<PathBuf>,
     /// Expect this tier as the highest reached; the run fails when the target
     /// reaches less or more (a CI pin that notices drift either way).
     #[arg(long, value_enum)]
@@ -240,7 +244,10 @@ async fn run_suite(args: RunArgs) -> Result<ExitCode, String> {
     };
     let selected = select(all, &args.select)?;
     let key = report_key(args.key.clone())?;
-    let keys = Keys::from_seed(args.seed);
+    let mut keys = Keys::from_seed(args.seed);
+    if let Some(p) = &args.caller_key {
+        keys.caller = SecretKey::load(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let started = Instant::now();
     let ran_at = Timestamp::now();

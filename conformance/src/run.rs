@@ -5,15 +5,17 @@
 use std::collections::BTreeMap;
 
 use hearthnet_sdk::identity::{NodeId, SecretKey};
+use hearthnet_sdk::proto::hearthnet::auth::v1::{CapabilityToken, TokenScope};
 use hearthnet_sdk::proto::hearthnet::bus::v1::{CallRequest, Frame, PayloadEncoding, frame};
 use hearthnet_sdk::proto::hearthnet::common::v1::Error as WireError;
 use hearthnet_sdk::proto::hearthnet::protocol::v1 as protocol;
 use hearthnet_sdk::signing::{Transcript, sign_call};
+use hearthnet_sdk::token;
 use hearthnet_sdk::wkt::Timestamp;
 use prost::Message;
 use serde_json::Value;
 
-use crate::cases::{Case, Encoding, Mutation, Payload};
+use crate::cases::{Case, Encoding, Mutation, Payload, TokenCase};
 use crate::target::{Observed, Target};
 
 /// The keys the runner calls with, derived from the seed (CONF-008).
@@ -207,6 +209,59 @@ pub fn signed_call(
     };
     sign_call(key, &mut call);
     call
+}
+
+/// The capability token of a [`TokenCase`] (see there).
+fn token_text(kind: TokenCase, keys: &Keys, capability: &str, version: &str) -> String {
+    if kind == TokenCase::Malformed {
+        return format!("{}not-a-token", token::TOKEN_SCHEME);
+    }
+    let now = Timestamp::now().seconds;
+    let (iat, exp) = match kind {
+        TokenCase::Expired => (now - 7200, now - 3600),
+        _ => (now - 60, now + 600),
+    };
+    let claims = CapabilityToken {
+        iss: String::new(),
+        sub: match kind {
+            TokenCase::OtherSubject => keys.caller.node_id().to_string(),
+            _ => keys.stranger.node_id().to_string(),
+        },
+        aud: match kind {
+            // A community id nobody founded: the stranger's NodeID.
+            TokenCase::WrongAudience => keys.stranger.node_id().to_string(),
+            _ => String::new(),
+        },
+        iat,
+        exp,
+        nbf: 0,
+        jti: ulid::Ulid::new().to_string(),
+        scope: Some(TokenScope {
+            capabilities: vec![match kind {
+                TokenCase::OtherScope => "conformance.other@1.0".to_string(),
+                _ => format!("{capability}@{version}"),
+            }],
+            ..Default::default()
+        }),
+        issued_via: 0,
+    };
+    let issuer = match kind {
+        TokenCase::UntrustedIssuer => &keys.stranger,
+        _ => &keys.caller,
+    };
+    let text = token::issue(issuer, claims).unwrap_or_default();
+    match kind {
+        TokenCase::BadSignature => {
+            // The last 86 characters are the signature; change one of them.
+            let mut chars: Vec<char> = text.chars().collect();
+            let i = chars.len().saturating_sub(40);
+            if let Some(c) = chars.get_mut(i) {
+                *c = if *c == 'A' { 'B' } else { 'A' };
+            }
+            chars.into_iter().collect()
+        }
+        _ => text,
+    }
 }
 
 /// Adds the Ed25519 group order L to the S half of a 64-byte signature
@@ -454,7 +509,11 @@ pub async fn run_case(target: &Target, keys: &Keys, pre: &Preflight, case: &Case
         payload_json: String::new(),
     };
     for r in &case.requires {
-        if !pre.advertised.contains_key(r) {
+        let advertised = match r.strip_prefix("feature:") {
+            Some(f) => pre.describe.features.iter().any(|x| x == f),
+            None => pre.advertised.contains_key(r),
+        };
+        if !advertised {
             result.outcome = Outcome::Skip(format!("not_advertised: {r}"));
             return result;
         }
@@ -489,11 +548,17 @@ pub async fn run_case(target: &Target, keys: &Keys, pre: &Preflight, case: &Case
         Encoding::Unspecified => PayloadEncoding::Unspecified,
     };
     let signer = match case.mutate {
+        _ if case.token.is_some() => &keys.stranger,
         Some(Mutation::Stranger) => &keys.stranger,
         _ => &keys.caller,
     };
     let mut call = signed_call(signer, &case.capability, &case.version, encoding, payload);
     let resign = |call: &mut CallRequest| sign_call(signer, call);
+    if let Some(kind) = case.token {
+        call.token = token_text(kind, keys, &case.capability, &case.version);
+        resign(&mut call);
+        result.payload_json = format!("{} with token {}", result.payload_json, call.token);
+    }
     match case.mutate {
         None | Some(Mutation::Stranger) | Some(Mutation::Replay) => {}
         Some(Mutation::BadSignature) => {
@@ -598,6 +663,15 @@ fn evaluate(
         Err(f) => return Outcome::Fail(f),
     };
     let expect = &case.expect;
+    // `unauthorized` on a capability above `unknown` trust means the target
+    // does not trust the runner's caller (a skip) — unless the call was made
+    // by the stranger on purpose, with or without a token (then it counts).
+    let by_caller = case.token.is_none() && case.mutate != Some(Mutation::Stranger);
+    let untrusted = |code: &str| {
+        let min_trust = hearthnet_sdk::registry::capability(&case.capability)
+            .map_or("unknown", |c| c.min_trust);
+        (by_caller && code == "unauthorized" && min_trust != "unknown").then_some(min_trust)
+    };
     if !expect.not_errors.is_empty() {
         return match terminal {
             Terminal::Error(e) if expect.not_errors.contains(&e.code) => {
@@ -627,9 +701,9 @@ fn evaluate(
     }
     match (terminal, &expect.error) {
         (Terminal::Error(e), Some(code)) => {
-            let min_trust = hearthnet_sdk::registry::capability(&case.capability)
-                .map_or("unknown", |c| c.min_trust);
-            if e.code == "unauthorized" && code != "unauthorized" && min_trust != "unknown" {
+            if code != "unauthorized"
+                && let Some(min_trust) = untrusted(&e.code)
+            {
                 return Outcome::Skip(format!(
                     "caller_not_trusted: {} needs {min_trust}",
                     case.capability
@@ -662,9 +736,7 @@ fn evaluate(
             format!("error code {code}"),
         )),
         (Terminal::Error(e), None) => {
-            let min_trust = hearthnet_sdk::registry::capability(&case.capability)
-                .map_or("unknown", |c| c.min_trust);
-            if e.code == "unauthorized" && min_trust != "unknown" {
+            if let Some(min_trust) = untrusted(&e.code) {
                 return Outcome::Skip(format!(
                     "caller_not_trusted: {} needs {min_trust}; grant it to the runner's caller",
                     case.capability

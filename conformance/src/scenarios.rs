@@ -128,6 +128,7 @@ pub fn cases() -> Vec<Case> {
             payload: Payload::Json(serde_json::json!({})),
             encoding: Encoding::Proto,
             mutate: None,
+            token: None,
             expect: Expect::default(),
         })
         .collect()

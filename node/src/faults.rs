@@ -43,10 +43,12 @@ pub enum Fault {
     AcceptForgedEvents,
     /// The node makes a new key on every start instead of loading its own.
     NewIdentityOnRestart,
+    /// A call's capability token is not looked at.
+    IgnoreTokens,
 }
 
 /// Every fault with its name in `HEARTHNET_TEST_FAULTS`.
-pub const ALL: [(Fault, &str); 14] = [
+pub const ALL: [(Fault, &str); 15] = [
     (Fault::AcceptBadSignature, "accept_bad_signature"),
     (Fault::SkipReplayCheck, "skip_replay_check"),
     (Fault::IgnoreTimestamp, "ignore_timestamp"),
@@ -61,6 +63,7 @@ pub const ALL: [(Fault, &str); 14] = [
     (Fault::DropSyncedEvent, "drop_synced_event"),
     (Fault::AcceptForgedEvents, "accept_forged_events"),
     (Fault::NewIdentityOnRestart, "new_identity_on_restart"),
+    (Fault::IgnoreTokens, "ignore_tokens"),
 ];
 
 /// Why `HEARTHNET_TEST_FAULTS` was refused.

@@ -35,6 +35,7 @@ use hearthnet_sdk::proto::hearthnet::node::v1::{TraceDirection, TraceEntry};
 use hearthnet_sdk::registry::{self, Capability, Streaming};
 use hearthnet_sdk::replay::ReplayGuard;
 use hearthnet_sdk::signing::{Transcript, sign_call};
+use hearthnet_sdk::token;
 use hearthnet_sdk::wkt::Timestamp;
 
 pub use health::Health;
@@ -834,6 +835,11 @@ impl Bus {
             self.trust_of(&caller, &call.caller)
         };
         let want = routing_param(call);
+        let trust = if call.token.is_empty() || faults::on(Fault::IgnoreTokens) {
+            trust
+        } else {
+            trust.max(self.token_trust(call, min, want.as_ref())?)
+        };
         let refusal = |cap: &Capability| self.trust_refusal(cap, trust, foreign, &call.community);
         let route = match self.route(
             &call.capability,
@@ -905,6 +911,44 @@ impl Bus {
             )));
         }
         Ok((cap, caller, trust, route))
+    }
+
+    /// Checks a call's capability token (BUS-048, decision 0098); the trust
+    /// it lends: `member` when its issuer has at least `member` trust here.
+    fn token_trust(
+        &self,
+        call: &CallRequest,
+        version: (u32, u32),
+        want: Option<&Want>,
+    ) -> Result<Trust, CallError> {
+        let refuse = |e: token::TokenError| CallError::new(e.code(), e.to_string());
+        let audience = self.inner.settings.community.as_deref().unwrap_or("");
+        // This node issues no tokens yet, so nothing is revoked.
+        let t = token::verify(
+            &call.token,
+            Timestamp::now().seconds,
+            audience,
+            &token::RevocationList::default(),
+        )
+        .map_err(refuse)?;
+        if t.claims.sub != "*" && t.claims.sub != call.caller {
+            return Err(CallError::new(
+                ErrorCode::Unauthorized,
+                format!("the token is for {}, not for the caller", t.claims.sub),
+            ));
+        }
+        let params: BTreeMap<String, String> = want
+            .map(|w| (w.field.to_string(), w.value.clone()))
+            .into_iter()
+            .collect();
+        t.covers(&call.capability, version, &params)
+            .map_err(refuse)?;
+        let issuer = self.trust_of(&t.issuer, &t.issuer.to_string());
+        Ok(if issuer >= Trust::Member {
+            Trust::Member
+        } else {
+            Trust::Unknown
+        })
     }
 
     /// Why a caller of trust `trust` (from another community when

@@ -129,7 +129,13 @@ impl Introspection {
             descriptor_hash: hearthnet_sdk::registry::DESCRIPTOR_HASH.into(),
             node: self.bus.node_id().to_string(),
             capabilities: caps,
-            features: vec!["grpc".into(), "http-json".into(), "sse".into()],
+            // `tokens`: calls' capability tokens are checked (BUS-048).
+            features: vec![
+                "grpc".into(),
+                "http-json".into(),
+                "sse".into(),
+                "tokens".into(),
+            ],
         }
     }
 

@@ -11,10 +11,13 @@
 //!   database under the data directory.
 //!
 //! The suite is found at `$HEARTHNET_CONFORMANCE_BIN`, next to the running
-//! `hearthnet` binary, or on `PATH`. During a run the suite's caller (derived
-//! from the seed) is granted `trusted`; cases that would write into the live
-//! community log are skipped, and so are the restart and shutdown scenarios
-//! (the suite cannot restart a node it did not launch).
+//! `hearthnet` binary, or on `PATH`. Each run gets a fresh caller key, which
+//! is granted `trusted` for the run only (a seed-derived key is public). The
+//! community log's cases are skipped (that key is no member of the live
+//! community, and the node does not make it one), and so are the restart and
+//! shutdown scenarios (the suite cannot restart a node it did not launch). The input's `fast`
+//! needs no work here: the suite already skips what the node does not
+//! advertise.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use prost::Message;
 
-use hearthnet_sdk::identity::NodeId;
+use hearthnet_sdk::identity::{NodeId, SecretKey};
 use hearthnet_sdk::proto::hearthnet::common::v1::ErrorCode;
 use hearthnet_sdk::proto::hearthnet::conformance::v1 as conf;
 use hearthnet_sdk::proto::hearthnet::protocol::v1 as proto;
@@ -44,9 +47,9 @@ pub const IMPLEMENTATION: &str = "hearthnet-rs";
 const MAX_ENTRIES: usize = 4096;
 /// Most report references one entry carries.
 const MAX_REPORTS: usize = 16;
-/// Cases a self-run leaves out: they would append the suite's own events to
-/// the live community log.
-const SELF_RUN_SKIP: &[&str] = &["core/events/push_*"];
+/// Cases a self-run leaves out: the community log's, since the suite's caller
+/// is not a member of the live community (and pushing would write into it).
+const SELF_RUN_SKIP: &[&str] = &["core/events/*"];
 
 /// Why the registry store failed.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +205,11 @@ impl Inner {
                 let parts: Vec<&str> = v.split('.').collect();
                 parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok())
             });
-        if d.name.trim().is_empty() || d.version.trim().is_empty() || !versions_ok {
+        if d.name.trim().is_empty()
+            || d.name.contains('\0')
+            || d.version.trim().is_empty()
+            || !versions_ok
+        {
             return Err(CallError::new(
                 ErrorCode::ProtocolDescriptorInvalid,
                 "the descriptor needs a name, a version and protocol versions as MAJOR.MINOR.PATCH",
@@ -221,7 +228,7 @@ impl Inner {
             )
         })?;
         let key = Self::entry_key(&d.name, &caller.to_string());
-        if *caller == self.me || d.name.contains('\0') {
+        if *caller == self.me {
             return Err(CallError::bad_request(
                 "this node's own entry is kept by the node",
             ));
@@ -273,14 +280,13 @@ impl Inner {
             .bus
             .upgrade()
             .ok_or_else(|| CallError::internal("the node is shutting down"))?;
-        let caller = command_output(&suite, &["caller", "--seed", &seed.to_string()], deadline)
-            .await?
-            .trim()
-            .parse::<NodeId>()
-            .map_err(|e| failed(format!("the suite printed no caller NodeID: {e}")))?;
         let run_dir = self.work.join(ulid::Ulid::new().to_string());
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| CallError::internal(format!("{}: {e}", run_dir.display())))?;
+        // A fresh caller: anyone can derive the seed's caller key.
+        let caller = SecretKey::generate()
+            .and_then(|k| k.save(&run_dir.join("caller.key")).map(|()| k.node_id()))
+            .map_err(|e| CallError::internal(format!("caller key: {e}")))?;
         let mut args: Vec<String> = vec![
             "run".into(),
             "--target".into(),
@@ -291,6 +297,8 @@ impl Inner {
             run_dir.display().to_string(),
             "--key".into(),
             run_dir.join("runner.key").display().to_string(),
+            "--caller-key".into(),
+            run_dir.join("caller.key").display().to_string(),
         ];
         for g in &input.sections {
             if g.trim().is_empty() || g.starts_with('-') {
@@ -513,32 +521,6 @@ fn find_suite() -> Option<PathBuf> {
 
 fn remaining(deadline: Instant) -> std::time::Duration {
     deadline.saturating_duration_since(Instant::now())
-}
-
-async fn command_output(
-    suite: &Path,
-    args: &[&str],
-    deadline: Instant,
-) -> Result<String, CallError> {
-    let out = tokio::time::timeout(
-        remaining(deadline),
-        tokio::process::Command::new(suite)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| CallError::new(ErrorCode::Timeout, "the suite did not answer in time"))?
-    .map_err(|e| failed(format!("{}: {e}", suite.display())))?;
-    if !out.status.success() {
-        return Err(failed(format!(
-            "{} {}: {}",
-            suite.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs the suite; its exit status. Output goes to the node's log at debug.
