@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hearthnet_sdk::identity::SecretKey;
-use hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding;
 use hearthnet_sdk::proto::hearthnet::conformance::v1::ConformanceReport;
 use hearthnet_sdk::wkt::Timestamp;
 use prost::Message;
@@ -226,16 +225,6 @@ fn report_key(path: Option<PathBuf>) -> Result<SecretKey, String> {
     Ok(key)
 }
 
-fn probe(keys: &Keys) -> hearthnet_sdk::proto::hearthnet::bus::v1::CallRequest {
-    run::signed_call(
-        &keys.caller,
-        "protocol.version.list",
-        "1.0",
-        PayloadEncoding::Proto,
-        Vec::new(),
-    )
-}
-
 async fn run_suite(args: RunArgs) -> Result<ExitCode, String> {
     let all = cases::load().map_err(|e| e.to_string())?;
     let known = match &args.known_failing {
@@ -264,7 +253,7 @@ async fn run_suite(args: RunArgs) -> Result<ExitCode, String> {
     };
     eprintln!("target {}: waiting for it to answer", target.url());
     target
-        .wait_ready(|| probe(&keys))
+        .wait_ready(|| run::probe(&keys))
         .await
         .map_err(|e| e.to_string())?;
     let mut pre = match run::preflight(&target, &keys).await {
@@ -292,7 +281,7 @@ async fn run_suite(args: RunArgs) -> Result<ExitCode, String> {
             if !section.is_empty() && args.reset_between_sections {
                 target.restart(true).await.map_err(|e| e.to_string())?;
                 target
-                    .wait_ready(|| probe(&keys))
+                    .wait_ready(|| run::probe(&keys))
                     .await
                     .map_err(|e| e.to_string())?;
                 pre = run::preflight(&target, &keys)
@@ -378,7 +367,7 @@ async fn run_suite(args: RunArgs) -> Result<ExitCode, String> {
             status_ok = false;
         }
     }
-    println!(
+    hearthnet_sdk::say!(
         "{}: {} cases, {} passed, {} failed, {} skipped; overall {}; tiers {}; clause coverage {}/{}; {} ms",
         args.out.display(),
         report.total,
@@ -400,7 +389,7 @@ async fn run_suite(args: RunArgs) -> Result<ExitCode, String> {
         total,
         report.duration_ms
     );
-    println!("report {cid}");
+    hearthnet_sdk::say!("report {cid}");
     Ok(if status_ok {
         ExitCode::SUCCESS
     } else {
@@ -448,7 +437,7 @@ fn verify_report(path: &Path) -> Result<(), String> {
         );
     }
     let target = report.target.clone().unwrap_or_default();
-    println!(
+    hearthnet_sdk::say!(
         "ok {cid}: signed by {signer}{}; target {} {} ({})",
         if signer.to_string() == target.node {
             " (self-signed)"
@@ -481,7 +470,7 @@ fn main() -> ExitCode {
                 }
             };
             for c in &picked {
-                println!(
+                hearthnet_sdk::say!(
                     "{}\t{}\t{}\t{}",
                     c.test_id,
                     c.clauses.join(","),
@@ -499,7 +488,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Caller { seed } => {
-            println!("{}", Keys::from_seed(seed).caller.node_id());
+            hearthnet_sdk::say!("{}", Keys::from_seed(seed).caller.node_id());
             ExitCode::SUCCESS
         }
         Command::Verify { report } => match verify_report(&report) {

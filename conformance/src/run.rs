@@ -264,6 +264,17 @@ fn token_text(kind: TokenCase, keys: &Keys, capability: &str, version: &str) -> 
     }
 }
 
+/// The readiness probe: `protocol.version.list` as the runner's caller.
+pub fn probe(keys: &Keys) -> CallRequest {
+    signed_call(
+        &keys.caller,
+        "protocol.version.list",
+        "1.0",
+        PayloadEncoding::Proto,
+        Vec::new(),
+    )
+}
+
 /// Adds the Ed25519 group order L to the S half of a 64-byte signature
 /// (little-endian), giving a non-canonical S that is equal mod L.
 fn add_group_order(sig: &mut [u8]) {

@@ -24,6 +24,7 @@ pub enum Scenario {
     RestartKeepsNodeId,
     SigtermStops,
     MetricsServed,
+    PeerListsTarget,
     EventLogMatchesHeads,
     EventPushSortsOffers,
 }
@@ -94,6 +95,14 @@ const ALL: &[Entry] = &[
         &["NODE-008"],
         "protocol.describe",
         "protocol/spec/node.md",
+    ),
+    (
+        Scenario::PeerListsTarget,
+        "services/discovery",
+        "a_second_node_given_the_target_as_static_peer_lists_its_capabilities",
+        &["DISC-016", "NODE-001"],
+        "discovery.peers",
+        "protocol/spec/discovery.md",
     ),
     (
         Scenario::EventLogMatchesHeads,
@@ -183,6 +192,7 @@ pub async fn run(
             },
             Ok((status, ..)) => fail(format!("status {status}"), "200"),
         },
+        Scenario::PeerListsTarget => peer_lists_target(target, keys, pre).await,
         Scenario::MetricsServed => match http(target, "GET", "/metrics", &[], b"").await {
             // NODE-008: 404 means metrics are switched off, which is allowed.
             Ok((404, ..)) => Outcome::Skip("metrics_disabled: GET /metrics is 404".into()),
@@ -266,6 +276,64 @@ pub async fn run(
     result
 }
 
+/// Two nodes: a second instance of the launched command, given the target as
+/// a static peer, fetches its manifest and lists the target's capabilities
+/// under `remote` in `node.capabilities` (DISC-016, NODE-001).
+async fn peer_lists_target(target: &Target, keys: &Keys, pre: &Preflight) -> Outcome {
+    if !pre.advertised.contains_key("node.capabilities") {
+        return Outcome::Skip("not_advertised: node.capabilities".into());
+    }
+    let log = target
+        .log_path()
+        .map(|p| p.with_file_name("peer.log"))
+        .unwrap_or_default();
+    let mut peer = match target.launch_peer(&log) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Outcome::Skip("not_launched: needs --launch".into()),
+        Err(e) => return fail(e.to_string(), "a second instance of the target"),
+    };
+    let outcome = async {
+        if let Err(e) = peer.wait_ready(|| run::probe(keys)).await {
+            return fail(e.to_string(), "a second instance of the target");
+        }
+        let req = node::CapabilitiesRequest {
+            params: None,
+            input: Some(node::CapabilitiesInput {
+                include_remote: true,
+            }),
+        };
+        let mut last = String::from("no answer");
+        // The peer contacts the target at start and on its refresh ticks.
+        for _ in 0..100 {
+            match run::unary::<_, node::CapabilitiesResponse>(
+                &peer,
+                &keys.caller,
+                "node.capabilities",
+                &req,
+            )
+            .await
+            {
+                Ok(r) => {
+                    let remote = r.output.map(|o| o.remote).unwrap_or_default();
+                    if remote.iter().any(|c| c.node_id == pre.node.to_string()) {
+                        return Outcome::Pass;
+                    }
+                    last = format!("{} remote capabilities, none of the target's", remote.len());
+                }
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        fail(
+            format!("after 30 s: {last}"),
+            format!("remote capabilities of {} on the second node", pre.node),
+        )
+    }
+    .await;
+    let _ = peer.stop(Duration::from_secs(5)).await;
+    outcome
+}
+
 /// Why `body` is not Prometheus text (at least one sample; every line a
 /// comment or `name{labels} value`), or `None`.
 fn prometheus_problem(body: &[u8]) -> Option<String> {
@@ -299,15 +367,7 @@ fn prometheus_problem(body: &[u8]) -> Option<String> {
 async fn restart(target: &mut Target, keys: &Keys) -> Result<bool, String> {
     let clean = target.restart(false).await.map_err(|e| e.to_string())?;
     target
-        .wait_ready(|| {
-            run::signed_call(
-                &keys.caller,
-                "protocol.version.list",
-                "1.0",
-                hearthnet_sdk::proto::hearthnet::bus::v1::PayloadEncoding::Proto,
-                Vec::new(),
-            )
-        })
+        .wait_ready(|| run::probe(keys))
         .await
         .map_err(|e| e.to_string())?;
     Ok(clean)

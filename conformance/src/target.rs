@@ -49,6 +49,8 @@ struct Launched {
     log: PathBuf,
     port: u16,
     caller: String,
+    /// `{peer}` of the command (empty for the main target).
+    peer: String,
     // Holds the data directory for the run.
     _dir: tempfile::TempDir,
 }
@@ -115,7 +117,7 @@ impl Target {
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
         let port = free_port()?;
-        let child = spawn(command, port, &data, caller, log)?;
+        let child = spawn(command, port, &data, caller, log, "")?;
         let url = format!("grpc://127.0.0.1:{port}");
         Ok(Self {
             client: lazy_client(&url)?,
@@ -127,9 +129,46 @@ impl Target {
                 log: log.to_path_buf(),
                 port,
                 caller: caller.to_string(),
+                peer: String::new(),
                 _dir: dir,
             }),
         })
+    }
+
+    /// Launches a second instance of a launched target's command, on its own
+    /// port and data, told to use this one as a peer: `{peer}` (and
+    /// `HEARTHNET_CONFORMANCE_PEER`) is `http://127.0.0.1:PORT` of this
+    /// target. `None` when this target was not launched.
+    pub fn launch_peer(&self, log: &Path) -> Result<Option<Self>, TargetError> {
+        let Some(l) = &self.launched else {
+            return Ok(None);
+        };
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        let port = free_port()?;
+        let peer = format!("http://127.0.0.1:{}", l.port);
+        let child = spawn(&l.command, port, &data, &l.caller, log, &peer)?;
+        let url = format!("grpc://127.0.0.1:{port}");
+        Ok(Some(Self {
+            client: lazy_client(&url)?,
+            url,
+            launched: Some(Launched {
+                command: l.command.clone(),
+                child,
+                data,
+                log: log.to_path_buf(),
+                port,
+                caller: l.caller.clone(),
+                peer,
+                _dir: dir,
+            }),
+        }))
+    }
+
+    /// Where a launched target's output goes.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.launched.as_ref().map(|l| l.log.as_path())
     }
 
     /// The URL calls go to.
@@ -208,7 +247,7 @@ impl Target {
             std::fs::remove_dir_all(&l.data)?;
             std::fs::create_dir_all(&l.data)?;
         }
-        l.child = spawn(&l.command, l.port, &l.data, &l.caller, &l.log)?;
+        l.child = spawn(&l.command, l.port, &l.data, &l.caller, &l.log, &l.peer)?;
         self.client = lazy_client(&self.url)?;
         Ok(clean)
     }
@@ -294,11 +333,13 @@ fn spawn(
     data: &Path,
     caller: &str,
     log: &Path,
+    peer: &str,
 ) -> Result<tokio::process::Child, TargetError> {
     let line = command
         .replace("{port}", &port.to_string())
         .replace("{data}", &data.display().to_string())
-        .replace("{caller}", caller);
+        .replace("{caller}", caller)
+        .replace("{peer}", peer);
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -310,6 +351,7 @@ fn spawn(
         .env("HEARTHNET_CONFORMANCE_PORT", port.to_string())
         .env("HEARTHNET_CONFORMANCE_DATA", data)
         .env("HEARTHNET_CONFORMANCE_CALLER", caller)
+        .env("HEARTHNET_CONFORMANCE_PEER", peer)
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -16,6 +16,10 @@ export HEARTHNET__TRANSPORT__HOST=127.0.0.1
 export HEARTHNET__DISCOVERY__MDNS_ENABLED=false HEARTHNET__DISCOVERY__UDP_ENABLED=false
 export HEARTHNET__EMERGENCY__ENABLED=false
 export HEARTHNET__TRUST__TRUSTED="[\"$caller\"]"
+# A second instance of a multi-node scenario knows the first as a static peer.
+if [ -n "${HEARTHNET_CONFORMANCE_PEER:-}" ]; then
+  export HEARTHNET__DISCOVERY__STATIC_PEERS="[\"$HEARTHNET_CONFORMANCE_PEER\"]"
+fi
 if [ "${HEARTHNET_CONFORMANCE_NO_COMMUNITY:-0}" != 1 ]; then
   # `init` is idempotent and prints the node id; the founder's id is the community id.
   node_id="$("$bin" init | awk '$1 == "node" && $2 == "id" { print $3 }')"

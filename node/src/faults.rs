@@ -45,10 +45,12 @@ pub enum Fault {
     NewIdentityOnRestart,
     /// A call's capability token is not looked at.
     IgnoreTokens,
+    /// `discovery.static_peers` are never contacted.
+    IgnoreStaticPeers,
 }
 
 /// Every fault with its name in `HEARTHNET_TEST_FAULTS`.
-pub const ALL: [(Fault, &str); 15] = [
+pub const ALL: [(Fault, &str); 16] = [
     (Fault::AcceptBadSignature, "accept_bad_signature"),
     (Fault::SkipReplayCheck, "skip_replay_check"),
     (Fault::IgnoreTimestamp, "ignore_timestamp"),
@@ -64,6 +66,7 @@ pub const ALL: [(Fault, &str); 15] = [
     (Fault::AcceptForgedEvents, "accept_forged_events"),
     (Fault::NewIdentityOnRestart, "new_identity_on_restart"),
     (Fault::IgnoreTokens, "ignore_tokens"),
+    (Fault::IgnoreStaticPeers, "ignore_static_peers"),
 ];
 
 /// Why `HEARTHNET_TEST_FAULTS` was refused.

@@ -182,16 +182,19 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Version);
     match command {
         Command::Version => {
-            println!("hearthnet {}", env!("CARGO_PKG_VERSION"));
-            println!("protocol {}", hearthnet_sdk::PROTOCOL_VERSION);
-            println!("descriptor {}", hearthnet_sdk::registry::DESCRIPTOR_HASH);
+            hearthnet_sdk::say!("hearthnet {}", env!("CARGO_PKG_VERSION"));
+            hearthnet_sdk::say!("protocol {}", hearthnet_sdk::PROTOCOL_VERSION);
+            hearthnet_sdk::say!("descriptor {}", hearthnet_sdk::registry::DESCRIPTOR_HASH);
             ExitCode::SUCCESS
         }
         Command::Registry => {
             for c in hearthnet_sdk::registry::registry() {
-                println!(
+                hearthnet_sdk::say!(
                     "{}@{}\t{}\t{:?}",
-                    c.name, c.version, c.stability, c.streaming
+                    c.name,
+                    c.version,
+                    c.stability,
+                    c.streaming
                 );
             }
             ExitCode::SUCCESS
@@ -312,7 +315,7 @@ async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathB
         Command::File(FileCommand::Put { path, target }) => {
             match put_file(&loaded, &target, &path).await {
                 Ok(cid) => {
-                    println!("{cid}");
+                    hearthnet_sdk::say!("{cid}");
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,
@@ -343,12 +346,14 @@ async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathB
             {
                 Ok(r) => {
                     let out = r.output.unwrap_or_default();
-                    println!(
+                    hearthnet_sdk::say!(
                         "{:<28} {:<7} {:<12} NODE",
-                        "CAPABILITY", "VERSION", "STABILITY"
+                        "CAPABILITY",
+                        "VERSION",
+                        "STABILITY"
                     );
                     for c in out.local {
-                        println!(
+                        hearthnet_sdk::say!(
                             "{:<28} {:<7} {:<12} local",
                             c.name,
                             c.version,
@@ -357,7 +362,13 @@ async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathB
                     }
                     for rc in out.remote {
                         let s = rc.spec.unwrap_or_default();
-                        println!("{:<28} {:<7} {:<12} {}", s.name, s.version, "-", rc.node_id);
+                        hearthnet_sdk::say!(
+                            "{:<28} {:<7} {:<12} {}",
+                            s.name,
+                            s.version,
+                            "-",
+                            rc.node_id
+                        );
                     }
                     ExitCode::SUCCESS
                 }
@@ -376,10 +387,10 @@ async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathB
                 Ok(r) => {
                     let out = r.output.unwrap_or_default();
                     if out.peers.is_empty() {
-                        println!("no peers");
+                        hearthnet_sdk::say!("no peers");
                     }
                     for p in out.peers {
-                        println!(
+                        hearthnet_sdk::say!(
                             "{}\t{}\t{} capabilities",
                             p.node_id,
                             p.endpoints.join(","),
@@ -417,9 +428,15 @@ async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathB
                             .started_at
                             .and_then(|s| s.to_rfc3339())
                             .unwrap_or_default();
-                        println!(
+                        hearthnet_sdk::say!(
                             "{at}  {}  {}@{}  {}  {} ms  {} frames  {}",
-                            t.trace_id, t.capability, t.version, t.code, t.ms, t.frames, t.peer
+                            t.trace_id,
+                            t.capability,
+                            t.version,
+                            t.code,
+                            t.ms,
+                            t.frames,
+                            t.peer
                         );
                     }
                     ExitCode::SUCCESS
@@ -429,7 +446,7 @@ async fn run_command(command: Command, loaded: Loaded, config_path: Option<PathB
         }
         Command::Doctor => doctor(&loaded).await,
         Command::Config(ConfigCommand::Check) => {
-            println!("ok: {}", loaded.source);
+            hearthnet_sdk::say!("ok: {}", loaded.source);
             ExitCode::SUCCESS
         }
         Command::Config(ConfigCommand::Show) => {
@@ -487,10 +504,10 @@ fn init(
     })();
     match result {
         Ok((config, key, id)) => {
-            println!("node id   {id}");
-            println!("key       {}", key.display());
-            println!("config    {}", config.display());
-            println!("next      hearthnet run");
+            hearthnet_sdk::say!("node id   {id}");
+            hearthnet_sdk::say!("key       {}", key.display());
+            hearthnet_sdk::say!("config    {}", config.display());
+            hearthnet_sdk::say!("next      hearthnet run");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -554,7 +571,7 @@ async fn run(loaded: Loaded, json_logs: bool, port: Option<u16>, no_models: bool
             return ExitCode::from(1);
         }
     };
-    println!(
+    hearthnet_sdk::say!(
         "hearthnet node {} listening on {}",
         node.bus().node_id(),
         node.url()
@@ -704,7 +721,7 @@ async fn rag_add(
     };
     match unary::<_, ragpb::IngestResponse>(loaded, t, "rag.ingest", &req).await {
         Ok(r) => {
-            println!("{}", hearthnet_sdk::json::to_json(&r));
+            hearthnet_sdk::say!("{}", hearthnet_sdk::json::to_json(&r));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -755,7 +772,7 @@ async fn call(
     };
     loop {
         match stream.next().await {
-            Ok(Some(CallItem::Data(d))) => println!("{}", String::from_utf8_lossy(&d)),
+            Ok(Some(CallItem::Data(d))) => hearthnet_sdk::say!("{}", String::from_utf8_lossy(&d)),
             Ok(Some(CallItem::Progress(p))) => {
                 eprintln!("progress {}/{} {}", p.current, p.total, p.stage);
             }
@@ -769,10 +786,10 @@ async fn doctor(loaded: &Loaded) -> ExitCode {
     let mut failed = 0;
     let mut check = |ok: bool, what: &str, detail: String| {
         if ok {
-            println!("✔ {what}: {detail}");
+            hearthnet_sdk::say!("✔ {what}: {detail}");
         } else {
             failed += 1;
-            println!("✘ {what}: {detail}");
+            hearthnet_sdk::say!("✘ {what}: {detail}");
         }
     };
     let c = &loaded.config;

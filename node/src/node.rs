@@ -422,7 +422,9 @@ impl NodeBuilder {
             tasks,
         };
         for peer in &config.discovery.static_peers {
-            node.add_peer(peer);
+            if !faults::on(Fault::IgnoreStaticPeers) {
+                node.add_peer(peer);
+            }
         }
         if let (Some(log), Some(url)) = (&node.events, &config.community.join_via)
             && !log.catch_up(|m| m.is_member(&log.node_id().to_string()))

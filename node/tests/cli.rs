@@ -250,6 +250,22 @@ fn a_conformance_report_without_a_suite_is_skipped_and_signed_by_the_node() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `hearthnet registry | head -1`: no panic when stdout closes.
+    let home = tempfile::tempdir().unwrap();
+    let mut child = cmd(home.path())
+        .arg("registry")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
 fn an_unknown_injected_fault_stops_the_start() {
     let home = tempfile::tempdir().unwrap();
     let out = run(cmd(home.path())

@@ -34,6 +34,19 @@ pub mod constants {
     include!(concat!(env!("OUT_DIR"), "/constants.rs"));
 }
 pub mod client;
+
+/// `println!` for command-line tools: when stdout is closed (a reader such as
+/// `| head` went away) the program ends quietly with status 0 instead of
+/// panicking.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 pub mod envelope;
 pub mod identity;
 pub mod json;

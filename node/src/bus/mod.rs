@@ -1176,7 +1176,7 @@ impl Bus {
             return (e.code.wire_name().into(), 0, String::new(), "local");
         };
         // Claim a slot atomically.
-        let _slot = match SlotGuard::claim(cap, in_flight, max, &self.inner.metrics) {
+        let slot = match SlotGuard::claim(cap, in_flight, max, &self.inner.metrics) {
             Ok(slot) => slot,
             Err(e) => {
                 let _ = tx.send(error_frame(0, &e)).await;
@@ -1196,6 +1196,7 @@ impl Bus {
                 // The mutant serves a body it cannot decode as an empty request.
                 Err(_) if faults::on(Fault::SkipJsonValidation) => Vec::new(),
                 Err(e) => {
+                    drop(slot);
                     let _ = tx.send(error_frame(0, &e)).await;
                     return (e.code.wire_name().into(), 0, String::new(), "local");
                 }
@@ -1309,6 +1310,9 @@ impl Bus {
             ),
             other => other,
         };
+        // The work is over: free the slot before the terminal frame, so that
+        // a caller's next call (sent on receipt of it) finds the slot free.
+        drop(slot);
         match result {
             Ok(()) => {
                 let mut done = Done {
