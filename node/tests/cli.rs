@@ -227,6 +227,16 @@ fn a_conformance_report_without_a_suite_is_skipped_and_signed_by_the_node() {
     let (cid, signer) = hearthnet_sdk::records::verify_conformance_report(&report).unwrap();
     assert_eq!(cid, o.report_cid);
     assert_eq!(signer.to_string(), report.target.unwrap().node);
+    // A section glob that would read as an option is refused (exit 7).
+    let out = run(cmd(h).args([
+        "call",
+        "--node",
+        &url,
+        "protocol.conformance.report",
+        r#"{"input":{"sections":["--target=elsewhere"]}}"#,
+    ]));
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("bad_request"));
     // The operator's own call only: any other caller is refused (PROTO-003).
     let other = |c: &mut Command| {
         c.env("HEARTHNET_DATA_DIR", h.join("other/data"))

@@ -273,6 +273,13 @@ impl Inner {
         let seed = input
             .seed
             .unwrap_or(hearthnet_sdk::constants::CONFORMANCE_DEFAULT_SEED as u64);
+        if let Some(g) = input
+            .sections
+            .iter()
+            .find(|g| g.trim().is_empty() || g.starts_with('-'))
+        {
+            return Err(CallError::bad_request(format!("section glob {g:?}")));
+        }
         let Some(suite) = find_suite() else {
             return Ok(self.skipped(seed, "suite_not_installed"));
         };
@@ -301,9 +308,6 @@ impl Inner {
             run_dir.join("caller.key").display().to_string(),
         ];
         for g in &input.sections {
-            if g.trim().is_empty() || g.starts_with('-') {
-                return Err(CallError::bad_request(format!("section glob {g:?}")));
-            }
             args.extend(["--only".into(), g.clone()]);
         }
         let mut skips: Vec<&str> = SELF_RUN_SKIP.to_vec();
