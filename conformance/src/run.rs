@@ -212,9 +212,14 @@ pub fn signed_call(
 }
 
 /// The capability token of a [`TokenCase`] (see there).
-fn token_text(kind: TokenCase, keys: &Keys, capability: &str, version: &str) -> String {
+fn token_text(
+    kind: TokenCase,
+    keys: &Keys,
+    capability: &str,
+    version: &str,
+) -> Result<String, token::TokenError> {
     if kind == TokenCase::Malformed {
-        return format!("{}not-a-token", token::TOKEN_SCHEME);
+        return Ok(format!("{}not-a-token", token::TOKEN_SCHEME));
     }
     let now = Timestamp::now().seconds;
     let (iat, exp) = match kind {
@@ -249,8 +254,8 @@ fn token_text(kind: TokenCase, keys: &Keys, capability: &str, version: &str) -> 
         TokenCase::UntrustedIssuer => &keys.stranger,
         _ => &keys.caller,
     };
-    let text = token::issue(issuer, claims).unwrap_or_default();
-    match kind {
+    let text = token::issue(issuer, claims)?;
+    Ok(match kind {
         TokenCase::BadSignature => {
             // The last 86 characters are the signature; change one of them.
             let mut chars: Vec<char> = text.chars().collect();
@@ -261,7 +266,7 @@ fn token_text(kind: TokenCase, keys: &Keys, capability: &str, version: &str) -> 
             chars.into_iter().collect()
         }
         _ => text,
-    }
+    })
 }
 
 /// The readiness probe: `protocol.version.list` as the runner's caller.
@@ -566,7 +571,16 @@ pub async fn run_case(target: &Target, keys: &Keys, pre: &Preflight, case: &Case
     let mut call = signed_call(signer, &case.capability, &case.version, encoding, payload);
     let resign = |call: &mut CallRequest| sign_call(signer, call);
     if let Some(kind) = case.token {
-        call.token = token_text(kind, keys, &case.capability, &case.version);
+        call.token = match token_text(kind, keys, &case.capability, &case.version) {
+            Ok(t) => t,
+            Err(e) => {
+                result.outcome = Outcome::Fail(Failure::new(
+                    format!("suite error: cannot issue the token: {e}"),
+                    "a token",
+                ));
+                return result;
+            }
+        };
         resign(&mut call);
         result.payload_json = format!("{} with token {}", result.payload_json, call.token);
     }

@@ -113,11 +113,28 @@ impl Target {
     /// an empty data directory and the NodeID the runner calls as, so the
     /// command can grant that caller trust. Output goes to `log`.
     pub async fn launch(command: &str, caller: &str, log: &Path) -> Result<Self, TargetError> {
+        Self::spawned(command, caller, log, String::new())
+    }
+
+    /// Launches a second instance of a launched target's command, on its own
+    /// port and data, told to use this one as a peer: `{peer}` (and
+    /// `HEARTHNET_CONFORMANCE_PEER`) is `http://127.0.0.1:PORT` of this
+    /// target. `None` when this target was not launched.
+    pub fn launch_peer(&self, log: &Path) -> Result<Option<Self>, TargetError> {
+        let Some(l) = &self.launched else {
+            return Ok(None);
+        };
+        let peer = format!("http://127.0.0.1:{}", l.port);
+        Self::spawned(&l.command, &l.caller, log, peer).map(Some)
+    }
+
+    /// `command` started on a free port and an empty data directory.
+    fn spawned(command: &str, caller: &str, log: &Path, peer: String) -> Result<Self, TargetError> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
         let port = free_port()?;
-        let child = spawn(command, port, &data, caller, log, "")?;
+        let child = spawn(command, port, &data, caller, log, &peer)?;
         let url = format!("grpc://127.0.0.1:{port}");
         Ok(Self {
             client: lazy_client(&url)?,
@@ -129,41 +146,10 @@ impl Target {
                 log: log.to_path_buf(),
                 port,
                 caller: caller.to_string(),
-                peer: String::new(),
-                _dir: dir,
-            }),
-        })
-    }
-
-    /// Launches a second instance of a launched target's command, on its own
-    /// port and data, told to use this one as a peer: `{peer}` (and
-    /// `HEARTHNET_CONFORMANCE_PEER`) is `http://127.0.0.1:PORT` of this
-    /// target. `None` when this target was not launched.
-    pub fn launch_peer(&self, log: &Path) -> Result<Option<Self>, TargetError> {
-        let Some(l) = &self.launched else {
-            return Ok(None);
-        };
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data)?;
-        let port = free_port()?;
-        let peer = format!("http://127.0.0.1:{}", l.port);
-        let child = spawn(&l.command, port, &data, &l.caller, log, &peer)?;
-        let url = format!("grpc://127.0.0.1:{port}");
-        Ok(Some(Self {
-            client: lazy_client(&url)?,
-            url,
-            launched: Some(Launched {
-                command: l.command.clone(),
-                child,
-                data,
-                log: log.to_path_buf(),
-                port,
-                caller: l.caller.clone(),
                 peer,
                 _dir: dir,
             }),
-        }))
+        })
     }
 
     /// Where a launched target's output goes.

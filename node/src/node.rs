@@ -66,9 +66,6 @@ pub enum StartError {
     /// The corpora cannot be opened.
     #[error("corpora: {0}")]
     Rag(String),
-    /// The implementation registry cannot be opened.
-    #[error("protocol registry: {0}")]
-    Registry(String),
     /// The community event log cannot be opened.
     #[error("event log: {0}")]
     Events(#[from] crate::events::EventError),
@@ -251,15 +248,12 @@ impl NodeBuilder {
         } else {
             local.ip()
         };
-        bus.register(
-            crate::services::conformance::ConformanceService::open(
-                &config.data_dir()?.join("conformance"),
-                &bus,
-                format!("grpc://{}", SocketAddr::new(loopback, local.port())),
-                events.clone(),
-            )
-            .map_err(|e| StartError::Registry(e.to_string()))?,
-        )?;
+        bus.register(crate::services::conformance::ConformanceService::new(
+            &config.data_dir()?.join("conformance"),
+            &bus,
+            format!("grpc://{}", SocketAddr::new(loopback, local.port())),
+            events.clone(),
+        ))?;
         let mut rag = None;
         if config.rag.enabled {
             let store = crate::rag::store::RagStore::open(&config.corpora_dir()?)

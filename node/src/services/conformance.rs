@@ -20,7 +20,7 @@
 //! advertise.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -74,13 +74,27 @@ pub struct ConformanceService(Arc<Inner>);
 
 struct Inner {
     bus: WeakBus,
-    me: NodeId,
+    /// The node's key: its own reports are signed with it (CONF-002).
+    key: Arc<SecretKey>,
     url: String,
-    work: PathBuf,
+    dir: PathBuf,
     log: Option<EventLog>,
+    /// Opened on first use: most nodes never call these capabilities, so
+    /// start-up opens no database for them.
+    store: Mutex<Option<Arc<Store>>>,
+}
+
+/// The registry's embedded database.
+struct Store {
     db: Database,
     entries: Keyspace,
     reports: Keyspace,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.db.persist(fjall::PersistMode::SyncAll);
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -92,45 +106,44 @@ impl std::fmt::Debug for Inner {
 }
 
 impl ConformanceService {
-    /// Opens the registry under `dir`; `url` is where the suite reaches this
-    /// node (loopback).
-    pub fn open(
-        dir: &Path,
-        bus: &crate::bus::Bus,
-        url: String,
-        log: Option<EventLog>,
-    ) -> Result<Arc<Self>, RegistryError> {
-        Inner::open(dir, bus, url, log).map(|i| Arc::new(Self(Arc::new(i))))
-    }
-
-    /// A stored report by CID (the signed protobuf bytes).
-    pub fn report(&self, cid: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        Ok(self.0.reports.get(cid)?.map(|v| v.to_vec()))
+    /// The service keeping its registry under `dir` (the database is opened
+    /// on first use); `url` is where the suite reaches this node (loopback).
+    pub fn new(dir: &Path, bus: &crate::bus::Bus, url: String, log: Option<EventLog>) -> Arc<Self> {
+        Arc::new(Self(Arc::new(Inner {
+            bus: bus.downgrade(),
+            key: bus.key().clone(),
+            url,
+            dir: dir.to_path_buf(),
+            log,
+            store: Mutex::new(None),
+        })))
     }
 }
 
 impl Inner {
-    fn open(
-        dir: &Path,
-        bus: &crate::bus::Bus,
-        url: String,
-        log: Option<EventLog>,
-    ) -> Result<Self, RegistryError> {
-        std::fs::create_dir_all(dir)
+    /// The registry's database, opened on the first call that needs it.
+    fn store(&self) -> Result<Arc<Store>, RegistryError> {
+        let mut slot = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*slot {
+            return Ok(s.clone());
+        }
+        let dir = self.dir.join("db");
+        std::fs::create_dir_all(&dir)
             .map_err(|e| RegistryError::Io(dir.display().to_string(), e))?;
-        let db = crate::storage::open_database(&dir.join("db"))?;
+        let db = crate::storage::open_database(&dir)?;
         let entries = db.keyspace("entries", KeyspaceCreateOptions::default)?;
         let reports = db.keyspace("reports", KeyspaceCreateOptions::default)?;
-        Ok(Self {
-            bus: bus.downgrade(),
-            me: *bus.node_id(),
-            url,
-            work: dir.join("runs"),
-            log,
+        let s = Arc::new(Store {
             db,
             entries,
             reports,
-        })
+        });
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    fn me(&self) -> NodeId {
+        self.key.node_id()
     }
 
     fn entry_key(name: &str, node: &str) -> Vec<u8> {
@@ -138,15 +151,15 @@ impl Inner {
     }
 
     fn own_entry(&self) -> Result<proto::RegistryEntry, RegistryError> {
-        let key = Self::entry_key(IMPLEMENTATION, &self.me.to_string());
-        if let Some(v) = self.entries.get(&key)?
+        let key = Self::entry_key(IMPLEMENTATION, &self.me().to_string());
+        if let Some(v) = self.store()?.entries.get(&key)?
             && let Ok(e) = proto::RegistryEntry::decode(v.as_ref())
         {
             return Ok(e);
         }
         Ok(proto::RegistryEntry {
             descriptor: Some(own_descriptor()),
-            node: self.me.to_string(),
+            node: self.me().to_string(),
             source: proto::RegistrySource::Local as i32,
             announced_at: Some(Timestamp::now()),
             reports: Vec::new(),
@@ -155,7 +168,8 @@ impl Inner {
 
     fn put_entry(&self, e: &proto::RegistryEntry) -> Result<(), RegistryError> {
         let name = e.descriptor.as_ref().map_or("", |d| d.name.as_str());
-        self.entries
+        self.store()?
+            .entries
             .insert(Self::entry_key(name, &e.node), e.encode_to_vec())?;
         Ok(())
     }
@@ -164,9 +178,9 @@ impl Inner {
         &self,
         input: &proto::ListRegistryInput,
     ) -> Result<Vec<proto::RegistryEntry>, RegistryError> {
-        let own_key = Self::entry_key(IMPLEMENTATION, &self.me.to_string());
+        let own_key = Self::entry_key(IMPLEMENTATION, &self.me().to_string());
         let mut out = vec![self.own_entry()?];
-        for item in self.entries.iter() {
+        for item in self.store()?.entries.iter() {
             let (k, v) = item.into_inner()?;
             if k.as_ref() == own_key.as_slice() {
                 continue;
@@ -228,17 +242,18 @@ impl Inner {
             )
         })?;
         let key = Self::entry_key(&d.name, &caller.to_string());
-        if *caller == self.me {
+        if *caller == self.me() {
             return Err(CallError::bad_request(
                 "this node's own entry is kept by the node",
             ));
         }
-        if self
+        let store = self.store()?;
+        if store
             .entries
             .get(&key)
             .map_err(RegistryError::from)?
             .is_none()
-            && self.entries.len().map_err(RegistryError::from)? >= MAX_ENTRIES
+            && store.entries.len().map_err(RegistryError::from)? >= MAX_ENTRIES
         {
             return Err(CallError::new(
                 ErrorCode::CapacityExceeded,
@@ -269,7 +284,7 @@ impl Inner {
         &self,
         input: proto::ReportConformanceInput,
         deadline: Instant,
-    ) -> Result<conf::ConformanceReport, CallError> {
+    ) -> Result<(conf::ConformanceReport, String), CallError> {
         let seed = input
             .seed
             .unwrap_or(hearthnet_sdk::constants::CONFORMANCE_DEFAULT_SEED as u64);
@@ -287,7 +302,7 @@ impl Inner {
             .bus
             .upgrade()
             .ok_or_else(|| CallError::internal("the node is shutting down"))?;
-        let run_dir = self.work.join(ulid::Ulid::new().to_string());
+        let run_dir = self.dir.join("runs").join(ulid::Ulid::new().to_string());
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| CallError::internal(format!("{}: {e}", run_dir.display())))?;
         // A fresh caller: anyone can derive the seed's caller key.
@@ -352,14 +367,14 @@ impl Inner {
             return Ok(self.skipped(seed, "suite_not_installed"));
         }
         // CONF-002: the node's own report is signed by the node.
-        let (bytes, cid) = records::sign_conformance_report(bus.key(), &mut report);
-        self.store(&report, bytes, &cid)?;
-        Ok(report)
+        let (bytes, cid) = records::sign_conformance_report(&self.key, &mut report);
+        self.keep(&report, bytes, &cid)?;
+        Ok((report, cid))
     }
 
     /// A report of a run that could not happen: `VERDICT_SKIPPED`, signed by
-    /// the node (PROTO-003).
-    fn skipped(&self, seed: u64, reason: &str) -> conf::ConformanceReport {
+    /// the node (PROTO-003), with its CID.
+    fn skipped(&self, seed: u64, reason: &str) -> (conf::ConformanceReport, String) {
         let mut report = conf::ConformanceReport {
             schema_version: 1,
             suite_version: String::new(),
@@ -370,7 +385,7 @@ impl Inner {
                 implementation_version: env!("CARGO_PKG_VERSION").into(),
                 protocol_version: hearthnet_sdk::PROTOCOL_VERSION.into(),
                 descriptor_hash: hearthnet_sdk::registry::DESCRIPTOR_HASH.into(),
-                node: self.me.to_string(),
+                node: self.me().to_string(),
                 ..Default::default()
             }),
             runner: Some(conf::RunnerInfo {
@@ -390,21 +405,20 @@ impl Inner {
             }],
             ..Default::default()
         };
-        if let Some(bus) = self.bus.upgrade() {
-            records::sign_conformance_report(bus.key(), &mut report);
-        }
-        report
+        let (_, cid) = records::sign_conformance_report(&self.key, &mut report);
+        (report, cid)
     }
 
     /// Stores a report, lists it first in the node's own entry and appends
     /// `protocol.conformance.reported` to the community log.
-    fn store(
+    fn keep(
         &self,
         report: &conf::ConformanceReport,
         bytes: Vec<u8>,
         cid: &str,
     ) -> Result<(), CallError> {
-        self.reports
+        self.store()?
+            .reports
             .insert(cid, bytes)
             .map_err(RegistryError::from)?;
         let reference = conf::ReportRef {
@@ -440,10 +454,9 @@ impl Inner {
         match req.capability.name {
             "protocol.conformance.report" => {
                 let r: proto::ReportConformanceRequest = req.decode()?;
-                let report = self
+                let (report, cid) = self
                     .run_report(r.input.unwrap_or_default(), req.deadline)
                     .await?;
-                let cid = format!("blake3:{}", blake3::hash(&report.encode_to_vec()).to_hex());
                 Ok(proto::ReportConformanceResponse {
                     output: Some(proto::ReportConformanceOutput {
                         report_cid: cid,
@@ -481,12 +494,6 @@ impl Inner {
                 format!("the conformance service does not serve {other}"),
             )),
         }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let _ = self.db.persist(fjall::PersistMode::SyncAll);
     }
 }
 
